@@ -1,0 +1,390 @@
+"""The `newsroom` command: run the parts, and do what editors and admins do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import NewsroomError
+
+log = logging.getLogger("newsroom")
+
+QUEUES = "ingest,publish,syndicate"
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+# --- running the parts -------------------------------------------------------------------
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> None:
+    from shared.migrate import upgrade
+
+    upgrade()
+    print("database is up to date")
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from shared.redis import redis_url
+
+    redis_url()
+    uvicorn.run("services.app:app", host=args.host, port=args.port, log_level="info",
+                proxy_headers=True, access_log=False)  # fmt: skip
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from shared.celery import app
+
+    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency), "-P", args.pool,
+            "--loglevel", args.loglevel, "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip",
+            "--without-mingle"]  # fmt: skip
+    app.worker_main(argv)
+
+
+def cmd_scheduler(_args: argparse.Namespace) -> None:
+    from shared import scheduler
+    from shared.redis import redis_url
+
+    redis_url()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        scheduler.run(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    import time
+
+    import uvicorn
+
+    from shared import scheduler
+    from shared.config import get_settings
+    from shared.migrate import upgrade
+    from shared.redis import redis_url
+
+    settings = get_settings()
+    started = time.monotonic()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = redis_url()
+    log.info("redis: %s", url)
+    upgrade()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "worker", "-Q", QUEUES, "-c", str(args.concurrency)],
+        env={**os.environ, "NEWSROOM_REDIS_URL": url},
+        start_new_session=True,
+    )
+    stop = threading.Event()
+    ticker = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
+    ticker.start()
+    config = uvicorn.Config("services.app:app", host=args.host, port=args.port, log_level="warning",
+                            access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    if args.demo:
+        from services.demo import run_demo
+
+        base = f"http://{args.host}:{args.port}"
+        threading.Thread(target=run_demo, args=(base, server, started), name="demo", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        log.info("newsroom stopped")
+
+
+# --- editors and admins --------------------------------------------------------------------
+
+
+def cmd_source_add(args: argparse.Namespace) -> None:
+    from services.ingest.service import add_source
+    from shared.db import session_scope
+
+    if bool(args.poll) != bool(args.every):
+        raise SystemExit("--poll and --every go together")
+    with session_scope() as session:
+        source, token = add_source(session, name=args.name, format=args.format, timezone=args.timezone,
+                                   auto_publish=args.auto_publish, poll_url=args.poll,
+                                   poll_every=args.every)  # fmt: skip
+        print(f"source {source.name} (id {source.id}, {source.format})")
+    print(f"wire token (shown once): {token}")
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    from shared.auth import create_token
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        token = create_token(session, role=args.role, name=args.name)
+    print(f"{args.role} token (shown once): {token}")
+
+
+def cmd_partner_add(args: argparse.Namespace) -> None:
+    from services.syndicate.partners import add_partner
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        partner = add_partner(session, name=args.name, url=args.url, format=args.format,
+                              sections=args.section, tags=args.tag, labels=args.label)  # fmt: skip
+        secret = partner.secret
+        print(f"partner {partner.name} (id {partner.id}) -> {partner.url}")
+    print(f"signing secret (shown once): {secret}")
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from services.publish.api import parse_at, story_view
+    from services.publish.service import publish_story
+    from shared.db import session_scope
+    from shared.errors import SkipEvent
+
+    at = parse_at(args.at)
+    with session_scope() as session:
+        try:
+            outcome = publish_story(session, story_id=args.id, actor="cli", labels=args.label or None,
+                                    at=at, silent=args.silent, note=args.note)  # fmt: skip
+            view = {**story_view(outcome.story), "event": outcome.event}
+        except SkipEvent as skip:
+            view = {"id": args.id, "event": None, "detail": skip.detail}
+    _print(view)
+
+
+def cmd_unpublish(args: argparse.Namespace) -> None:
+    from services.publish.api import story_view
+    from services.publish.service import unpublish_story
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        outcome = unpublish_story(session, story_id=args.id, reason=args.reason, actor="cli")
+        _print({**story_view(outcome.story), "event": outcome.event})
+
+
+def cmd_stories_list(args: argparse.Namespace) -> None:
+    from services.publish.service import list_stories
+    from shared.db import session_scope
+
+    with session_scope(read_only=True) as session:
+        for story in list_stories(session, status=args.status, section=args.section, q=args.q,
+                                  limit=args.limit):  # fmt: skip
+            when = story.published_at.isoformat() if story.published_at else "-"
+            labels = ",".join(story.label_names) or "-"
+            print(f"{story.id:>6}  {story.status:<11} v{story.revision:<3} {when:<32} {labels:<16} "
+                  f"{story.headline}")  # fmt: skip
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from services.ingest import service
+    from services.ingest.api import receipt_view
+    from shared.db import session_scope
+    from shared.models import Source
+
+    if args.retry is not None:
+        with session_scope() as session:
+            receipt = service.retry_receipt(session, args.retry)
+            print(f"receipt {receipt.id} queued again")
+        return
+    if not args.file or not args.source:
+        raise SystemExit("usage: newsroom ingest FILE --source NAME, or newsroom ingest --retry RECEIPT")
+    body = Path(args.file).read_bytes()
+    with session_scope() as session:
+        source = session.scalars(select(Source).where(Source.name == args.source)).first()
+        if source is None:
+            raise SystemExit(f"no source {args.source!r}")
+        result = service.accept_post(session, source=source, content_type=args.content_type or
+                                     _guess_type(args.file), body=body)  # fmt: skip
+        view = receipt_view(result.receipt)
+    _print({"http_status": result.status, **view, "detail": result.detail})
+
+
+def _guess_type(path: str) -> str | None:
+    suffix = Path(path).suffix.lower()
+    return {".json": None, ".xml": "application/xml", ".rss": "application/rss+xml",
+            ".atom": "application/atom+xml"}.get(suffix)  # fmt: skip
+
+
+def cmd_feeds_export(args: argparse.Namespace) -> None:
+    from services.syndicate.service import export_feeds
+
+    written = export_feeds(Path(args.dir))
+    print(f"wrote {len(written)} files under {args.dir}")
+
+
+def cmd_deliveries_list(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from services.syndicate.api import delivery_view
+    from shared.db import session_scope
+    from shared.models import Delivery, Partner
+
+    with session_scope(read_only=True) as session:
+        query = select(Delivery, Partner.name).join(Partner, Partner.id == Delivery.partner_id)
+        if args.status:
+            query = query.where(Delivery.status == args.status)
+        if args.partner:
+            query = query.where(Partner.name == args.partner)
+        for delivery, name in session.execute(query.order_by(Delivery.created_at.desc()).limit(args.limit)):
+            view = delivery_view(delivery, name)
+            print(f"{view['id']}  {name:<16} story {view['story_id']:<6} v{view['version']:<3} "
+                  f"{view['event']:<16} {view['status']:<10} attempts={view['attempts']} "
+                  f"{view['last_error'] or ''}")  # fmt: skip
+
+
+def cmd_deliveries_replay(args: argparse.Namespace) -> None:
+    from services.syndicate.partners import replay
+    from shared.db import session_scope
+
+    if not args.id and not args.partner:
+        raise SystemExit("replay needs a delivery ID or --partner P")
+    with session_scope() as session:
+        ids = replay(session, delivery_id=args.id, partner=args.partner, status=args.status)
+    print(f"queued {len(ids)} deliveries again: {' '.join(ids)}")
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="newsroom", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="API, workers and scheduler on one machine")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--demo", action="store_true", help="create sample sources, stories and a partner")
+    up.add_argument("-c", "--concurrency", type=int, default=4)
+    up.set_defaults(func=cmd_up)
+
+    api = commands.add_parser("api", help="the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    worker = commands.add_parser("worker", help="a Celery worker")
+    worker.add_argument("-Q", "--queues", default=QUEUES)
+    worker.add_argument("-c", "--concurrency", type=int, default=2)
+    worker.add_argument("-P", "--pool", default="prefork")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+
+    commands.add_parser("scheduler", help="the scheduler loop").set_defaults(func=cmd_scheduler)
+
+    db = commands.add_parser("db", help="the schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or migrate the schema").set_defaults(func=cmd_db_upgrade)
+
+    source = commands.add_parser("source", help="wire sources").add_subparsers(
+        dest="source_command", required=True
+    )
+    add = source.add_parser("add", help="add a source and print its wire token")
+    add.add_argument("name")
+    add.add_argument("--format", default="ninjs", choices=["ninjs", "newsml-g2", "rss", "atom", "column"])
+    add.add_argument("--timezone", default="UTC")
+    add.add_argument("--auto-publish", action="store_true")
+    add.add_argument("--poll", metavar="URL")
+    add.add_argument("--every", type=int, metavar="SECONDS")
+    add.set_defaults(func=cmd_source_add)
+
+    token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="create an editor or admin token")
+    create.add_argument("--role", required=True, choices=["editor", "admin"])
+    create.add_argument("--name", required=True)
+    create.set_defaults(func=cmd_token_create)
+
+    partner = commands.add_parser("partner", help="partners").add_subparsers(
+        dest="partner_command", required=True
+    )
+    padd = partner.add_parser("add", help="add a partner and print its signing secret")
+    padd.add_argument("name")
+    padd.add_argument("--url", required=True)
+    padd.add_argument("--format", default="ninjs")
+    padd.add_argument("--section", action="append", default=[])
+    padd.add_argument("--tag", action="append", default=[])
+    padd.add_argument("--label", action="append", default=[])
+    padd.set_defaults(func=cmd_partner_add)
+
+    publish = commands.add_parser("publish", help="publish, schedule or republish a story")
+    publish.add_argument("id", type=int)
+    publish.add_argument("--label", action="append")
+    publish.add_argument("--at", help="ISO 8601 time with an offset")
+    publish.add_argument("--silent", action="store_true")
+    publish.add_argument("--note")
+    publish.set_defaults(func=cmd_publish)
+
+    unpublish = commands.add_parser("unpublish", help="take a story down everywhere")
+    unpublish.add_argument("id", type=int)
+    unpublish.add_argument("--reason", required=True)
+    unpublish.set_defaults(func=cmd_unpublish)
+
+    stories = commands.add_parser("stories", help="stories").add_subparsers(
+        dest="stories_command", required=True
+    )
+    slist = stories.add_parser("list", help="the editor's list")
+    slist.add_argument("--status")
+    slist.add_argument("--section")
+    slist.add_argument("-q")
+    slist.add_argument("--limit", type=int, default=50)
+    slist.set_defaults(func=cmd_stories_list)
+
+    ingest = commands.add_parser("ingest", help="post a local file, or reprocess a stored post")
+    ingest.add_argument("file", nargs="?")
+    ingest.add_argument("--source")
+    ingest.add_argument("--content-type")
+    ingest.add_argument("--retry", type=int, metavar="RECEIPT")
+    ingest.set_defaults(func=cmd_ingest)
+
+    feeds = commands.add_parser("feeds", help="feeds").add_subparsers(dest="feeds_command", required=True)
+    export = feeds.add_parser("export", help="write every feed as files")
+    export.add_argument("dir")
+    export.set_defaults(func=cmd_feeds_export)
+
+    deliveries = commands.add_parser("deliveries", help="partner deliveries").add_subparsers(
+        dest="deliveries_command", required=True)  # fmt: skip
+    dlist = deliveries.add_parser("list")
+    dlist.add_argument("--status", choices=["pending", "sent", "dead", "superseded"])
+    dlist.add_argument("--partner")
+    dlist.add_argument("--limit", type=int, default=100)
+    dlist.set_defaults(func=cmd_deliveries_list)
+    replay = deliveries.add_parser("replay", help="send deliveries again, with the same webhook-id")
+    replay.add_argument("id", nargs="?")
+    replay.add_argument("--partner")
+    replay.add_argument("--status", choices=["pending", "sent", "dead"])
+    replay.set_defaults(func=cmd_deliveries_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `newsroom` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(os.environ.get("NEWSROOM_LOG_LEVEL", "INFO"))
+    try:
+        args.func(args)
+    except NewsroomError as error:
+        print(f"error: {error.detail}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

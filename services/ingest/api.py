@@ -1,0 +1,119 @@
+"""POST /v1/wire/{source} and GET /v1/receipts/{id}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from services.ingest import service
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.errors import Forbidden, NotFound
+from shared.models import Receipt, Source, utcnow
+from shared.web import Principal, PrincipalDep
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+# How much of an oversized post is kept, so the receipt shows what was sent.
+OVERSIZE_HEAD_BYTES = 64 * 1024
+
+
+async def _read_limited(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The body, or its head and True when it is larger than ``limit`` (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        head = b""
+        async for chunk in request.stream():
+            head += chunk
+            if len(head) >= OVERSIZE_HEAD_BYTES:
+                break
+        return head[:OVERSIZE_HEAD_BYTES], True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            kept = b"".join(chunks)[:OVERSIZE_HEAD_BYTES]
+            return kept, True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+@router.post("/wire/{source_name}", status_code=202)
+async def post_wire(source_name: str, request: Request, caller: PrincipalDep) -> JSONResponse:
+    """Accept a wire post: store it untouched, check it, queue it."""
+    source_id = await run_in_threadpool(_authorize, source_name, caller)
+    settings = get_settings()
+    body, too_large = await _read_limited(request, settings.max_body_bytes)
+    content_type = request.headers.get("content-type")
+    result = await run_in_threadpool(_store, source_id, content_type, body, too_large)
+    if result.status != 202:
+        return JSONResponse({"error": result.error, "detail": result.detail, "receipt": result.receipt_id},
+                            status_code=result.status)  # fmt: skip
+    return JSONResponse(
+        {"receipt": result.receipt_id, "status_url": f"/v1/receipts/{result.receipt_id}",
+         "items": result.items},
+        status_code=202,
+    )  # fmt: skip
+
+
+def _authorize(source_name: str, caller: Principal) -> int:
+    with session_scope(read_only=True) as session:
+        source_id = session.scalar(select(Source.id).where(Source.name == source_name))
+    if source_id is None:
+        if caller.role == "admin":
+            raise NotFound(f"source {source_name!r} not found")
+        raise Forbidden("this token cannot post to that source")
+    if caller.role != "admin" and (caller.role != "wire" or caller.source_id != source_id):
+        raise Forbidden("this token cannot post to that source")
+    return source_id
+
+
+def _store(source_id: int, content_type: str | None, body: bytes, too_large: bool) -> service.PostResult:
+    limit = get_settings().max_body_bytes
+    with session_scope() as session:
+        source = session.get_one(Source, source_id)
+        if not too_large:
+            return service.accept_post(session, source=source, content_type=content_type, body=body)
+        detail = f"the body is over {limit} bytes; the first {len(body)} bytes are kept"
+        receipt = Receipt(source_id=source.id, content_type=content_type, body=body, size=len(body),
+                          status="rejected", processed_at=utcnow(),
+                          error={"error": "too_large", "detail": detail})  # fmt: skip
+        session.add(receipt)
+        session.flush()
+        return service.PostResult(receipt=receipt, status=413, error="too_large", detail=detail)
+
+
+@router.get("/receipts/{receipt_id}")
+def get_receipt(receipt_id: int, caller: PrincipalDep) -> dict[str, Any]:
+    """What became of a post and of each of its items."""
+    with session_scope(read_only=True) as session:
+        receipt = session.get(Receipt, receipt_id)
+        if receipt is None:
+            raise NotFound(f"receipt {receipt_id} not found")
+        if caller.role == "wire" and caller.source_id != receipt.source_id:
+            raise Forbidden("this receipt belongs to another source")
+        return receipt_view(receipt)
+
+
+def receipt_view(receipt: Receipt) -> dict[str, Any]:
+    """A receipt as the API shows it."""
+    return {
+        "receipt": receipt.id,
+        "status": receipt.status,
+        "format": receipt.format,
+        "content_type": receipt.content_type,
+        "size": receipt.size,
+        "received_at": receipt.created_at.isoformat(),
+        "error": receipt.error,
+        "items": [
+            {"guid": item.guid, "story_id": item.story_id, "outcome": item.outcome, "error": item.error}
+            for item in receipt.items
+        ],
+    }

@@ -1,0 +1,137 @@
+"""The one Celery app: queues ingest, publish and syndicate, routed by task-name prefix."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from shared.config import get_settings
+from shared.errors import PermanentError, SkipEvent, TransientError
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("ingest", "publish", "syndicate")
+TASK_MODULES = ("services.ingest.tasks", "services.publish.tasks", "services.syndicate.tasks")
+
+app = Celery("newsroom", include=list(TASK_MODULES))
+
+
+@app.on_after_configure.connect  # type: ignore[untyped-decorator]
+def _configure(sender: Celery, **_: Any) -> None:
+    # Read settings when the app is first used, never at import.
+    from shared.redis import celery_broker_url, redis_url
+
+    settings = get_settings()
+    time_limit = settings.task_time_limit
+    sender.conf.update(
+        broker_url=celery_broker_url(redis_url()),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Above the longest task time limit, so a slow task is not delivered twice.
+            "visibility_timeout": max(3600, time_limit * 4),
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        task_routes={f"{queue}.*": {"queue": queue} for queue in QUEUES},
+        task_default_queue="syndicate",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_time_limit=time_limit,
+        task_soft_time_limit=max(1, time_limit - 10),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_pool_limit=10,
+    )
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _after_fork(**_: Any) -> None:
+    # Connections opened by the parent must not be shared with forked children.
+    from shared.db import dispose_engines
+    from shared.redis import reset_redis
+
+    dispose_engines()
+    reset_redis()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Seconds-scale retries of a task whose dependency failed for now; long waits live in the database.
+TRANSIENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
+
+
+def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[P, R]], Task]:
+    """Register a thin task: stable name, retries for transient faults, failures recorded."""
+
+    def decorator(func: Callable[P, R]) -> Task:
+        @app.task(name=name, bind=True, max_retries=len(TRANSIENT_RETRY_DELAYS))  # type: ignore[untyped-decorator]
+        @wraps(func)
+        def run(self: Task, *args: P.args, **kwargs: P.kwargs) -> R | None:
+            try:
+                return func(*args, **kwargs)
+            except SkipEvent as skip:
+                log.info("task %s skipped: %s", name, skip.detail)
+                return None
+            except PermanentError as error:
+                record_failure(name, kwargs, error.detail)
+                return None
+            except (TransientError, OperationalError, PoolTimeoutError) as error:
+                retries = self.request.retries
+                if retries >= len(TRANSIENT_RETRY_DELAYS):
+                    record_failure(name, kwargs, f"gave up after {retries} retries: {error}")
+                    return None
+                log.warning("task %s %s: transient failure, retry %d: %s", name, kwargs, retries + 1, error)
+                raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
+            except Exception as error:
+                retries = self.request.retries
+                if retries + 1 >= max_failures:
+                    log.exception("task %s %s failed for good", name, kwargs)
+                    record_failure(name, kwargs, repr(error))
+                    return None
+                log.warning("task %s %s failed, retry %d", name, kwargs, retries + 1, exc_info=True)
+                raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
+
+        return run
+
+    return decorator
+
+
+def record_failure(task: str, kwargs: dict[str, Any], error: str) -> None:
+    """Keep a task that failed for good, so it is shown and never retried in a loop."""
+    from shared.db import session_scope
+    from shared.models import Failure
+
+    key = ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))[:200]
+    log.error("task %s %s failed: %s", task, key, error)
+    try:
+        with session_scope() as session:
+            session.add(Failure(task=task, key=key, error=error[:4000]))
+    except Exception:
+        log.exception("could not record the failure of %s %s", task, key)
+
+
+def send_task(
+    name: str, kwargs: dict[str, Any], *, task_id: str | None = None, expires: float | None = None
+) -> None:
+    """Put a task on its queue, failing fast when the broker is down (the outbox retries)."""
+    app.send_task(
+        name,
+        kwargs=kwargs,
+        task_id=task_id,
+        expires=expires,
+        retry=True,
+        retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+    )

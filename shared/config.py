@@ -1,0 +1,60 @@
+"""Typed settings from the NEWSROOM_* environment, loaded once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="NEWSROOM_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    redis_url: str | None = None
+    site_url: str = "http://127.0.0.1:8000"
+    site_title: str = "Newsroom"
+    timezone: str = "Europe/Kyiv"
+    websub_hubs: str = ""
+    max_body_bytes: int = 5 * 1024 * 1024
+    # How long a task may run; the broker's visibility timeout is set above the longest.
+    task_time_limit: int = 120
+    partner_timeout: float = 10.0
+    partner_concurrency: int = Field(default=4, ge=1)
+    feed_size: int = 50
+
+    @field_validator("site_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def hubs(self) -> list[str]:
+        return [hub.strip() for hub in self.websub_hubs.split(",") if hub.strip()]
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'newsroom.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and `newsroom up` change the environment)."""
+    get_settings.cache_clear()

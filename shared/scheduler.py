@@ -1,0 +1,80 @@
+"""The scheduler: a loop that turns database times into tasks.
+
+Schedules, embargoes, delivery retries and dirty feeds live in database
+columns; this loop only notices what is due and queues the task that handles
+it. Every such task is idempotent and claims its rows in SQL, so two schedulers
+running by mistake publish nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import select
+
+from shared.celery import send_task
+from shared.db import session_scope
+from shared.events import sweep
+from shared.models import Delivery, Feed, Source, Story, utcnow
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.5
+
+
+def tick() -> list[str]:
+    """One pass: relay the outbox, then queue whatever is due; returns the tasks queued."""
+    queued = []
+    try:
+        sweep()
+    except Exception:
+        log.warning("outbox sweep failed", exc_info=True)
+    now = utcnow()
+    with session_scope(read_only=True) as session:
+        due = {
+            "publish.publish_due": session.scalar(
+                select(Story.id).where(Story.publish_at.is_not(None), Story.publish_at <= now).limit(1)
+            ),
+            "syndicate.sweep_deliveries": session.scalar(
+                select(Delivery.id)
+                .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
+                .limit(1)
+            ),
+            "syndicate.render_feeds": session.scalar(
+                select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1)
+            ),
+        }
+        polls = list(session.scalars(
+            select(Source.id).where(Source.poll_url.is_not(None), Source.next_poll_at <= now)
+        ))  # fmt: skip
+    for task, found in due.items():
+        if found is not None:
+            queued.append(task)
+            _send(task, {})
+    for source_id in polls:
+        queued.append("ingest.poll_source")
+        _send("ingest.poll_source", {"source_id": source_id})
+    return queued
+
+
+def _send(task: str, kwargs: dict[str, object]) -> None:
+    try:
+        # A tick not taken within a few seconds is replaced by the next one.
+        send_task(task, kwargs, expires=10)
+    except Exception as error:
+        log.warning("could not queue %s: %s", task, error)
+
+
+def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) -> None:
+    """Tick until ``stop`` is set (or forever)."""
+    stop = stop or threading.Event()
+    log.info("scheduler running, every %.1fs", interval)
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            tick()
+        except Exception:
+            log.exception("scheduler tick failed")
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))

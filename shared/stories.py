@@ -1,0 +1,79 @@
+"""Story helpers every service needs: revisions, tags, labels."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.models import Revision, Story, StoryLabel, StoryTag
+from shared.text import slugify
+
+# Fields of a story whose text comes from the wire or an editor.
+CONTENT_FIELDS = (
+    "headline", "lede", "body_html", "body_text", "byline", "author_name", "author_slug",
+    "author_bio", "section", "genre", "language", "source_url", "disclaimer", "picture",
+    "first_created", "version_created", "embargo_until",
+)  # fmt: skip
+# A change to one of these is substantive: republishing it earns the "updated" label.
+SUBSTANTIVE_FIELDS = ("headline", "lede", "body_html")
+LABELS = ("exclusive", "breaking", "opinion", "updated")
+EDITOR_LABELS = ("exclusive", "breaking")
+
+
+def jsonable(content: dict[str, Any]) -> dict[str, Any]:
+    """The same mapping with datetimes as ISO 8601 strings."""
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in content.items()}
+
+
+def snapshot(story: Story) -> dict[str, Any]:
+    """The story as it is now, for its revision history."""
+    fields = ("status", "slug", *CONTENT_FIELDS, "published_at", "updated_at", "publish_at",
+              "correction_note", "pending")  # fmt: skip
+    data = jsonable({name: getattr(story, name) for name in fields})
+    data["tags"] = story.tag_names
+    data["labels"] = story.label_names
+    return data
+
+
+def add_revision(
+    session: Session, story: Story, action: str, *, actor: str | None, note: str | None = None
+) -> Revision:
+    """Record the story's current revision number with who did what and why."""
+    revision = Revision(story_id=story.id, number=story.revision, action=action, actor=actor,
+                        note=note, snapshot=snapshot(story))  # fmt: skip
+    session.add(revision)
+    session.flush()
+    return revision
+
+
+def set_tags(story: Story, names: list[str]) -> None:
+    """Replace a story's tags, one per slug, in the given order."""
+    seen: dict[str, str] = {}
+    for name in names:
+        slug = slugify(name)
+        if slug and slug not in seen:
+            seen[slug] = name
+    existing = {tag.slug: tag for tag in story.tags}
+    story.tags = [existing.get(slug) or StoryTag(slug=slug, name=name) for slug, name in seen.items()]
+    for position, tag in enumerate(story.tags):
+        tag.position = position
+        tag.name = seen[tag.slug]
+
+
+def set_labels(story: Story, labels: set[str]) -> None:
+    """Make the story's labels exactly ``labels``, keeping rows that stay."""
+    keep = [row for row in story.labels if row.label in labels]
+    have = {row.label for row in keep}
+    story.labels = keep + [StoryLabel(label=label) for label in sorted(labels - have)]
+
+
+def membership(story: Story) -> dict[str, Any]:
+    """What puts a story in feeds: section, tag slugs, author slug, labels."""
+    return {
+        "section": story.section,
+        "tags": [tag.slug for tag in story.tags],
+        "author": story.author_slug,
+        "labels": story.label_names,
+    }

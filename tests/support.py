@@ -1,0 +1,92 @@
+"""A partner on loopback: a real HTTP server that records pushes and answers as told."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """How the partner answers one request."""
+
+    status: int = 204
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Push:
+    """One request the partner received."""
+
+    headers: dict[str, str]
+    body: str
+    at: float
+
+
+class PartnerServer:
+    """Answers with the queued replies in order, then with ``default``."""
+
+    def __init__(self, default: Reply | None = None) -> None:
+        self.default = default or Reply()
+        self.replies: deque[Reply] = deque()
+        self.pushes: list[Push] = []
+        self.lock = threading.Lock()
+        partner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length).decode()
+                with partner.lock:
+                    partner.pushes.append(
+                        Push({k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                    )
+                    reply = partner.replies.popleft() if partner.replies else partner.default
+                if reply.delay:
+                    time.sleep(reply.delay)
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ninjs_validator() -> Any:
+    """A validator for the official ninjs 2.2 schema, with GeoJSON served from the local copy."""
+    import json
+    from pathlib import Path
+
+    from jsonschema.validators import validator_for
+    from referencing import Registry, Resource
+
+    schemas = Path(__file__).resolve().parent / "data" / "ninjs"
+    schema = json.loads((schemas / "ninjs-schema_2.2.json").read_text(encoding="utf-8"))
+    geojson = json.loads((schemas / "GeoJSON-schema.json").read_text(encoding="utf-8"))
+    registry = Registry().with_resource("https://geojson.org/schema/GeoJSON.json",
+                                        Resource.from_contents(geojson))  # fmt: skip
+    cls = validator_for(schema)
+    return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)

@@ -1,0 +1,127 @@
+"""The RSS and Atom feeds through the W3C Feed Validation Service's own code.
+
+Runs only when FEEDVALIDATOR_SRC names the ``src/`` folder of a w3c/feedvalidator checkout
+(and its dependencies, such as html5lib, are installed); the validator runs in a subprocess
+so that its module-level settings (socket timeouts, sys.path) stay out of the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.syndicate.feeds import FeedFormat, FeedKey, RenderedFeed, feed_url, render_feed
+from shared.config import Settings
+from shared.models import Story, StoryLabel, StoryTag
+
+SRC = os.environ.get("FEEDVALIDATOR_SRC", "")
+
+pytestmark = pytest.mark.skipif(
+    not SRC or not (Path(SRC) / "feedvalidator" / "__init__.py").is_file(),
+    reason="FEEDVALIDATOR_SRC does not point to the src/ of a w3c/feedvalidator checkout",
+)
+
+# Validates stdin as if served from argv[2] with the Content-Type argv[3]; prints the events
+# at warning level and above as JSON.
+VALIDATE = r"""
+import io, json, sys
+sys.path.insert(0, sys.argv[1])
+import feedvalidator
+from feedvalidator import logging as fvlog
+
+data = sys.stdin.buffer.read()
+try:
+    result = feedvalidator.validateStream(
+        io.BytesIO(data), firstOccurrenceOnly=0, contentType=sys.argv[3], base=sys.argv[2]
+    )
+    events = result["loggedEvents"]
+except fvlog.ValidationFailure as failure:
+    events = [failure.event]
+out = []
+for event in events:
+    if isinstance(event, fvlog.Error):
+        level = "error"
+    elif isinstance(event, fvlog.Warning):
+        level = "warning"
+    else:
+        continue
+    params = {key: str(value) for key, value in event.params.items()}
+    out.append({"level": level, "type": type(event).__name__, "params": params})
+print(json.dumps(out))
+"""
+
+SITE = "https://news.example.com"
+T0 = datetime(2025, 7, 18, 16, 16, tzinfo=UTC)
+
+
+def validate(feed: RenderedFeed, url: str) -> list[dict[str, Any]]:
+    completed = subprocess.run(
+        [sys.executable, "-c", VALIDATE, SRC, url, feed.media_type],
+        input=feed.body,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    events: list[dict[str, Any]] = json.loads(completed.stdout)
+    return events
+
+
+def stories() -> list[Story]:
+    column = Story(
+        id=1,
+        slug="kyiv-column",
+        revision=2,
+        headline="Київ & <Львів>: 🎉 a column",
+        lede="Лід: a < b & c 🎉",
+        body_html="<p>Тіло &amp; <strong>більше</strong> 🎉</p>",
+        body_text="Тіло & більше 🎉",
+        author_name="Олена Петренко",
+        author_slug="olena-petrenko",
+        section="World",
+        language="uk",
+        published_at=T0,
+        updated_at=T0 + timedelta(hours=3),
+        tags=[StoryTag(slug="kyiv", name="Київ")],
+        labels=[StoryLabel(label="opinion"), StoryLabel(label="updated")],
+        picture={
+            "url": "https://cdn.example.com/kyiv.jpg",
+            "media_type": "image/jpeg",
+            "width": 1200,
+            "height": 800,
+            "size": 54321,
+        },
+    )
+    wire = Story(
+        id=2,
+        slug="wire",
+        revision=1,
+        headline="Wire copy",
+        lede=None,
+        body_html="<p>" + "word " * 100 + "</p>",
+        body_text="word " * 100,
+        byline="Wire staff",
+        published_at=T0 - timedelta(hours=1),
+        tags=[],
+        labels=[StoryLabel(label="breaking")],
+        picture={"url": "/media/chart.png"},
+    )
+    return [column, wire]
+
+
+@pytest.mark.parametrize("fmt", ["rss", "atom"])
+@pytest.mark.parametrize("empty", [False, True], ids=["stories", "empty"])
+def test_feed_has_no_w3c_errors(fmt: FeedFormat, empty: bool) -> None:
+    settings = Settings(site_url=SITE, websub_hubs="https://hub.example.com/")
+    key = FeedKey("section", "world")
+    feed = render_feed(key, fmt, [] if empty else stories(), settings=settings)
+    events = validate(feed, feed_url(key, fmt, settings=settings))
+    errors = [event for event in events if event["level"] == "error"]
+    assert errors == [], json.dumps(events, ensure_ascii=False, indent=1)
