@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/newsroom up --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/ruff format --check shared services tests bench
+	$(BIN)/ruff check shared services tests $(wildcard bench)
+	$(BIN)/ruff format --check shared services tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy shared services
