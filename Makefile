@@ -29,6 +29,9 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos tests/chaos
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
@@ -66,47 +66,89 @@ def _after_fork(**_: Any) -> None:
     reset_redis()
 
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 # Seconds-scale retries of a task whose dependency failed for now; long waits live in the database.
 TRANSIENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 
 
-def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[P, R]], Task]:
+# A message that kills its worker (or fails) this many times is a poison: it is
+# recorded as failed instead of being redelivered for ever.
+MAX_RUNS = 8
+
+
+def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[..., R]], Task]:
     """Register a thin task: stable name, retries for transient faults, failures recorded."""
 
-    def decorator(func: Callable[P, R]) -> Task:
+    def decorator(func: Callable[..., R]) -> Task:
         @app.task(name=name, bind=True, max_retries=len(TRANSIENT_RETRY_DELAYS))  # type: ignore[untyped-decorator]
         @wraps(func)
-        def run(self: Task, *args: P.args, **kwargs: P.kwargs) -> R | None:
+        def run(self: Task, **kwargs: Any) -> R | None:
+            from shared.events import event_id_of, mark_done, running_event
+
+            event_id = event_id_of(self.request.id)
+            if event_id is not None and _runs(event_id) > MAX_RUNS:
+                record_failure(name, kwargs, f"outbox event {event_id} ran {MAX_RUNS} times; given up")
+                mark_done(event_id)
+                return None
+            running_event.set(event_id)
             try:
-                return func(*args, **kwargs)
-            except SkipEvent as skip:
-                log.info("task %s skipped: %s", name, skip.detail)
-                return None
-            except PermanentError as error:
-                record_failure(name, kwargs, error.detail)
-                return None
-            except (TransientError, OperationalError, PoolTimeoutError) as error:
-                retries = self.request.retries
-                if retries >= len(TRANSIENT_RETRY_DELAYS):
-                    record_failure(name, kwargs, f"gave up after {retries} retries: {error}")
-                    return None
-                log.warning("task %s %s: transient failure, retry %d: %s", name, kwargs, retries + 1, error)
-                raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
-            except Exception as error:
-                retries = self.request.retries
-                if retries + 1 >= max_failures:
-                    log.exception("task %s %s failed for good", name, kwargs)
-                    record_failure(name, kwargs, repr(error))
-                    return None
-                log.warning("task %s %s failed, retry %d", name, kwargs, retries + 1, exc_info=True)
-                raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
+                result = _run(self, func, name, max_failures, **kwargs)
+            except BaseException:
+                running_event.set(None)
+                raise
+            if running_event.get() is not None:  # no write transaction carried the mark
+                mark_done(event_id)  # type: ignore[arg-type]
+                running_event.set(None)
+            return result
 
         return run
 
     return decorator
+
+
+def _runs(event_id: int) -> int:
+    """Count one more start of an outbox event's task; survives the worker dying."""
+    from shared.redis import get_redis
+
+    key = f"newsroom:runs:{event_id}"
+    try:
+        pipe = get_redis().pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 86400)
+        return int(pipe.execute()[0])
+    except Exception:  # without Redis there is no message to count either
+        return 0
+
+
+def _run(self: Task, func: Callable[..., R], name: str, max_failures: int, **kwargs: Any) -> R | None:
+    """Run the task body, sorting failures into skip, permanent, transient and unknown.
+
+    A retry leaves by raising celery's Retry, so the caller marks nothing done.
+    """
+    try:
+        return func(**kwargs)
+    except SkipEvent as skip:
+        log.info("task %s skipped: %s", name, skip.detail)
+        return None
+    except PermanentError as error:
+        record_failure(name, kwargs, error.detail)
+        return None
+    except (TransientError, OperationalError, PoolTimeoutError) as error:
+        retries = self.request.retries
+        if retries >= len(TRANSIENT_RETRY_DELAYS):
+            record_failure(name, kwargs, f"gave up after {retries} retries: {error}")
+            return None
+        log.warning("task %s %s: transient failure, retry %d: %s", name, kwargs, retries + 1, error)
+        raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
+    except Exception as error:
+        retries = self.request.retries
+        if retries + 1 >= max_failures:
+            log.exception("task %s %s failed for good", name, kwargs)
+            record_failure(name, kwargs, repr(error))
+            return None
+        log.warning("task %s %s failed, retry %d", name, kwargs, retries + 1, exc_info=True)
+        raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
 
 
 def record_failure(task: str, kwargs: dict[str, Any], error: str) -> None:

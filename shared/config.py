@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     partner_timeout: float = 10.0
     partner_concurrency: int = Field(default=4, ge=1)
     feed_size: int = 50
+    # An outbox task sent but not finished after this many seconds was lost
+    # (Redis restarted empty, a worker killed): it is sent again.
+    outbox_lease: float = 120.0
 
     @field_validator("site_url")
     @classmethod

@@ -67,6 +67,10 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
+# Called with the session just before every write transaction commits.
+before_commit_hooks: list[Callable[[Session], None]] = []
+
+
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the session's transaction has committed."""
     session.info.setdefault("after_commit", []).append(callback)
@@ -78,10 +82,12 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
     session = Session(bind=get_engine(read_only=read_only), expire_on_commit=False)
     try:
         yield session
-        if read_only:
-            session.rollback()
-        else:
+        if not read_only:
+            for hook in before_commit_hooks:
+                hook(session)
             session.commit()
+        # A reader's transaction ends with close() below, which (unlike rollback)
+        # leaves what was loaded readable after the scope.
     except BaseException:
         session.rollback()
         session.info.pop("after_commit", None)

@@ -11,102 +11,191 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.db import after_commit, session_scope
+from shared.db import after_commit, before_commit_hooks, session_scope
 from shared.models import Delivery, OutboxEvent, Partner, Story, utcnow
 from shared.ninjs import story_to_ninjs
 from shared.text import slugify
 
 log = logging.getLogger(__name__)
 
-# The sweep leaves an event alone this long, so the post-commit relay is not doubled.
-RELAY_GRACE = timedelta(seconds=10)
-# A claimed event that was not marked sent within this lease is sent again.
-RELAY_LEASE = timedelta(seconds=30)
+# A send the broker refused is tried again by the sweep after this.
+RETRY_UNSENT = timedelta(seconds=1)
+# Deliveries are sent by their outbox task; the delivery sweep steps in after this.
+DELIVERY_GRACE = timedelta(seconds=10)
 
 STORY_EVENTS = ("story.published", "story.updated", "story.killed")
 
 
 def emit(session: Session, task: str, **kwargs: Any) -> OutboxEvent:
-    """Write a task to the outbox in the current transaction; it is sent after commit."""
-    event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=utcnow() + RELAY_GRACE)
+    """Write a task to the outbox in the current transaction; it is sent after commit.
+
+    The row is written as sent (``sent_at``) because the post-commit relay sends it
+    at once; a relay that fails un-marks it, and one that never ran (the process
+    died) leaves it not done, which the sweep notices after the lease.
+    """
+    now = utcnow()
+    event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=now, sent_at=now)
     session.add(event)
     session.flush()
-    pending: list[int] = session.info.setdefault("outbox_ids", [])
+    pending: list[OutboxEvent] = session.info.setdefault("outbox_events", [])
     if not pending:
-        after_commit(session, lambda: _relay_quietly(pending))
-    pending.append(event.id)
+
+        def send() -> None:
+            relay([(e.id, e.task, e.kwargs, e.attempts) for e in pending])
+
+        after_commit(session, send)
+    pending.append(event)
     return event
 
 
-def _relay_quietly(ids: list[int]) -> None:
-    relay(list(ids))
+Outgoing = tuple[int, str, dict[str, Any], int]
 
 
-def relay(ids: list[int]) -> int:
-    """Send the given outbox events to the broker and mark them sent; returns how many."""
-    if not ids:
-        return 0
+def relay(events: list[Outgoing]) -> int:
+    """Send outbox events to the broker; the ones it did not take are left for the sweep."""
     from shared.celery import send_task
 
-    with session_scope() as session:
-        events = session.scalars(
-            select(OutboxEvent).where(OutboxEvent.id.in_(ids), OutboxEvent.sent_at.is_(None))
-        ).all()
-        sent = []
-        for event in events:
-            try:
-                send_task(event.task, event.kwargs, task_id=f"outbox-{event.id}-{event.attempts}")
-            except Exception as error:  # broker down: the sweep tries again
-                log.warning("outbox %s: broker unavailable: %s", event.id, error)
-                break
-            sent.append(event.id)
-        if sent:
-            session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(sent)).values(sent_at=utcnow()))
-    return len(sent)
+    failed: list[int] = []
+    for event_id, task, kwargs, attempts in events:
+        if failed:  # the broker is down: do not wait on it once per event
+            failed.append(event_id)
+            continue
+        try:
+            send_task(task, kwargs, task_id=f"outbox-{event_id}-{attempts}")
+        except Exception as error:
+            log.warning("outbox %s: broker unavailable: %s", event_id, error)
+            failed.append(event_id)
+    if failed:
+        with session_scope() as session:
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(failed))
+                .values(sent_at=None, next_try_at=utcnow() + RETRY_UNSENT)
+            )
+    return len(events) - len(failed)
 
 
 def sweep(limit: int = 500) -> int:
-    """Re-send outbox events still pending after the grace period (run by the scheduler)."""
+    """Send what the relay could not, and again what a worker never finished.
+
+    Run by the scheduler. An event the broker refused, or one sent but not done
+    within the lease (Redis restarted empty, a worker or the API killed at the
+    wrong moment), is claimed and sent again; every task is idempotent.
+    """
     now = utcnow()
+    lost_before = now - timedelta(seconds=get_settings().outbox_lease)
+    columns = (OutboxEvent.id, OutboxEvent.task, OutboxEvent.kwargs, OutboxEvent.attempts)
     with session_scope() as session:
-        query = (
-            select(OutboxEvent.id)
+        unsent = (
+            select(*columns)
             .where(OutboxEvent.sent_at.is_(None), OutboxEvent.next_try_at <= now)
             .order_by(OutboxEvent.id)
             .limit(limit)
         )
+        lost = (
+            select(*columns)
+            .where(OutboxEvent.done_at.is_(None), OutboxEvent.sent_at < lost_before)
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        ids = list(session.scalars(query))
-        if ids:
+            unsent = unsent.with_for_update(skip_locked=True)
+            lost = lost.with_for_update(skip_locked=True)
+        rows = [*session.execute(unsent), *session.execute(lost)]
+        if rows:
+            # Claimed as sent now: another scheduler's sweep leaves them alone for a lease.
             session.execute(
                 update(OutboxEvent)
-                .where(OutboxEvent.id.in_(ids))
-                .values(next_try_at=now + RELAY_LEASE, attempts=OutboxEvent.attempts + 1)
+                .where(OutboxEvent.id.in_([row.id for row in rows]))
+                .values(sent_at=now, attempts=OutboxEvent.attempts + 1)
             )
-    if ids:
-        log.info("outbox sweep: re-sending %d events", len(ids))
-    return relay(ids)
+    if not rows:
+        return 0
+    log.info("outbox sweep: sending %d events again", len(rows))
+    return relay([(row.id, row.task, row.kwargs, row.attempts + 1) for row in rows])
 
 
-def partner_matches(partner: Partner, story: Story) -> bool:
-    """Whether a story passes a partner's filters (any section, tag or label; none = all)."""
+# The outbox event whose task this worker is running, until its done mark is written.
+running_event: ContextVar[int | None] = ContextVar("running_event", default=None)
+
+
+def _mark_running_done(session: Session) -> None:
+    # The task's first write transaction carries its done mark, so a finished task
+    # costs no extra commit. Any later step of a task has its own recovery in the
+    # database (dirty feeds, a delivery's next_attempt_at), so nothing is lost if
+    # the worker dies after this commit.
+    event_id = running_event.get()
+    if event_id is not None:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id == event_id, OutboxEvent.done_at.is_(None))
+            .values(done_at=utcnow())
+        )
+        running_event.set(None)
+
+
+before_commit_hooks.append(_mark_running_done)
+
+
+def mark_done(event_id: int) -> None:
+    """Record that a worker finished an outbox event's task."""
+    with session_scope() as session:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id == event_id, OutboxEvent.done_at.is_(None))
+            .values(done_at=utcnow())
+        )
+
+
+def prune(*, older_than: timedelta = timedelta(days=2), limit: int = 5000) -> int:
+    """Forget finished outbox events after a while (the stories and deliveries stay)."""
+    with session_scope() as session:
+        ids = list(session.scalars(
+            select(OutboxEvent.id)
+            .where(OutboxEvent.done_at.is_not(None), OutboxEvent.done_at < utcnow() - older_than)
+            .limit(limit)
+        ))  # fmt: skip
+        if ids:
+            session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
+    return len(ids)
+
+
+def event_id_of(task_id: str | None) -> int | None:
+    """The outbox event a Celery task id was sent for (``outbox-<id>-<attempt>``), if any."""
+    if not task_id or not task_id.startswith("outbox-"):
+        return None
+    parts = task_id.split("-")
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+def partner_matches(partner: Partner, story: Story, previous: dict[str, Any] | None = None) -> bool:
+    """Whether a story passes a partner's filters (any section, tag or label; none = all).
+
+    ``previous`` is the story's membership before the change (``shared.stories.membership``):
+    a partner that had the story hears of it leaving its filters too.
+    """
     if not (partner.sections or partner.tags or partner.labels):
         return True
     sections = {slugify(s) for s in partner.sections}
     tags = {slugify(t) for t in partner.tags}
     labels = {label.lower() for label in partner.labels}
-    return (
-        (story.section is not None and slugify(story.section) in sections)
-        or any(tag.slug in tags for tag in story.tags)
-        or any(label in labels for label in story.label_names)
+    memberships = [(story.section, [tag.slug for tag in story.tags], story.label_names)]
+    if previous:
+        before = (previous.get("section"), previous.get("tags") or [], previous.get("labels") or [])
+        memberships.append(before)
+    return any(
+        (section is not None and slugify(section) in sections)
+        or any(slug in tags for slug in story_tags)
+        or any(label in labels for label in story_labels)
+        for section, story_tags, story_labels in memberships
     )
 
 
@@ -139,7 +228,7 @@ def announce_story(
     )
     deliveries = []
     for partner in session.scalars(select(Partner).where(Partner.enabled.is_(True))):
-        if not partner_matches(partner, story):
+        if not partner_matches(partner, story, previous):
             continue
         delivery = Delivery(
             id=new_delivery_id(),
@@ -149,7 +238,7 @@ def announce_story(
             event=event,
             payload=body,
             # Its task is queued after commit; the sweep steps in only if that is lost.
-            next_attempt_at=now + RELAY_GRACE,
+            next_attempt_at=now + DELIVERY_GRACE,
         )
         session.add(delivery)
         deliveries.append(delivery)

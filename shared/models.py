@@ -293,10 +293,18 @@ class Delivery(Base):
 
 
 class OutboxEvent(Base):
-    """A task to send, written in the same transaction as the change it announces."""
+    """A task to send, written in the same transaction as the change it announces.
+
+    ``sent_at`` is set when the broker took it, ``done_at`` when a worker finished
+    it; one sent but not done for too long was lost with Redis or a worker, and is
+    sent again.
+    """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_sent_at_next_try_at", "sent_at", "next_try_at"),)
+    __table_args__ = (
+        Index("ix_outbox_sent_at_next_try_at", "sent_at", "next_try_at"),
+        Index("ix_outbox_done_at_sent_at", "done_at", "sent_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task: Mapped[str] = mapped_column(String(100))
@@ -305,6 +313,7 @@ class OutboxEvent(Base):
     next_try_at: Mapped[datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None]
+    done_at: Mapped[datetime | None]
 
 
 class Feed(Base):

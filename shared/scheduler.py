@@ -16,12 +16,13 @@ from sqlalchemy import select
 
 from shared.celery import send_task
 from shared.db import session_scope
-from shared.events import sweep
+from shared.events import prune, sweep
 from shared.models import Delivery, Feed, Source, Story, utcnow
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+PRUNE_EVERY = 600.0
 
 
 def tick() -> list[str]:
@@ -71,10 +72,14 @@ def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) 
     """Tick until ``stop`` is set (or forever)."""
     stop = stop or threading.Event()
     log.info("scheduler running, every %.1fs", interval)
+    last_prune = 0.0
     while not stop.is_set():
         started = time.monotonic()
         try:
             tick()
+            if started - last_prune > PRUNE_EVERY:
+                last_prune = started
+                prune()
         except Exception:
             log.exception("scheduler tick failed")
         stop.wait(max(0.0, interval - (time.monotonic() - started)))

@@ -46,23 +46,53 @@ def wait_for(
         time.sleep(interval)
 
 
+CLAIM_KEY = "newsroom:test-run"
+
+
+def empty_redis(url: str) -> None:
+    """Delete every key but the run's claim on the database."""
+    client = redis_lib.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(count=1000):
+            if key != CLAIM_KEY.encode():
+                client.delete(key)
+    finally:
+        client.close()
+
+
+def _claim_database(host: str = "127.0.0.1", port: int = 6379) -> str | None:
+    """A database index of the local Redis that no other test run holds (runs may overlap)."""
+    for index in range(15, 0, -1):
+        client = redis_lib.Redis(host=host, port=port, db=index, socket_connect_timeout=1)
+        try:
+            if client.set(CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
+                url = f"redis://{host}:{port}/{index}"
+                empty_redis(url)
+                return url
+        except redis_lib.RedisError:
+            return None
+        finally:
+            client.close()
+    return None
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis for the whole run, its test database emptied first."""
+    """A real Redis for the whole run, in a database index of its own, emptied first."""
     url = os.environ.get("NEWSROOM_TEST_REDIS_URL")
     embedded = None
+    claimed = False
     if not url and os.environ.get("NEWSROOM_TEST_REDIS") != "embedded":
-        candidate = "redis://127.0.0.1:6379/15"
-        try:
-            redis_lib.Redis.from_url(candidate, socket_connect_timeout=1).ping()
-            url = candidate
-        except redis_lib.RedisError:
-            url = None
+        url = _claim_database()
+        claimed = url is not None
     if not url:
         embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
         url = embedded.start()
-    redis_lib.Redis.from_url(url).flushdb()
     yield url
+    if claimed:
+        client = redis_lib.Redis.from_url(url)
+        client.flushdb()
+        client.close()
     if embedded:
         embedded.stop()
 
@@ -187,7 +217,7 @@ def pipeline(
     reset_settings()
     dispose_engines()
     reset_redis()
-    redis_lib.Redis.from_url(redis_url).flushdb()
+    empty_redis(redis_url)  # nothing queued by the other database's run
     from shared.migrate import upgrade
 
     upgrade()

@@ -1,0 +1,112 @@
+"""Faults on purpose: killed workers, Redis restarts and wipes, Redis down, poison items."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.events import emit
+from shared.models import Failure, Receipt, Source
+from tests.chaos.conftest import ninjs, settle, setup_newsroom
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.chaos
+
+
+def test_worker_killed_mid_burst(cluster: Cluster) -> None:
+    source, token, partner, _ = setup_newsroom()
+    guids = [f"urn:chaos:kill:{secrets.token_hex(4)}:{i}" for i in range(300)]
+
+    def kill_and_restart() -> None:
+        cluster.stop("worker", kill=True)
+        time.sleep(0.5)
+        cluster.start("worker", "worker", "-c", "2")
+
+    receipts = cluster.burst(source, token, [ninjs(g) for g in guids], during=kill_and_restart, at=100)
+    facts = settle(receipts, set(guids), partner)
+    assert facts["deliveries"] == 300
+    partner.close()
+
+
+def test_redis_restarted_then_wiped_mid_burst(cluster: Cluster) -> None:
+    source, token, partner, _ = setup_newsroom()
+    guids = [f"urn:chaos:redis:{secrets.token_hex(4)}:{i}" for i in range(300)]
+
+    def restart_redis() -> None:
+        cluster.redis.stop()
+        cluster.redis.start()  # AOF on: what was queued survives
+
+    receipts = cluster.burst(source, token, [ninjs(g) for g in guids[:150]], during=restart_redis, at=60)
+
+    def wipe_redis() -> None:
+        cluster.redis.stop()
+        cluster.redis.wipe()  # everything queued is gone: the outbox must send it again
+        cluster.redis.start()
+
+    receipts += cluster.burst(source, token, [ninjs(g) for g in guids[150:]], during=wipe_redis, at=60)
+    settle(receipts, set(guids), partner)
+    partner.close()
+
+
+def test_posts_accepted_while_redis_is_down(cluster: Cluster) -> None:
+    source, token, partner, _ = setup_newsroom()
+    cluster.redis.stop()
+    guids = [f"urn:chaos:down:{secrets.token_hex(4)}:{i}" for i in range(50)]
+    receipts = cluster.burst(source, token, [ninjs(g) for g in guids], workers=4)
+    assert len(receipts) == 50  # every answer was 202 with Redis down
+    with session_scope(read_only=True) as session:
+        pending = session.scalars(select(Receipt.status).where(Receipt.id.in_(receipts))).all()
+    assert set(pending) == {"pending"}
+    cluster.redis.start()
+    settle(receipts, set(guids), partner)
+    partner.close()
+
+
+def test_older_version_after_newer_while_both_in_flight(cluster: Cluster) -> None:
+    source, token, partner, _ = setup_newsroom()
+    guids = [f"urn:chaos:order:{secrets.token_hex(4)}:{i}" for i in range(40)]
+    items = []
+    for guid in guids:
+        items += [ninjs(guid, 3), ninjs(guid, 1), ninjs(guid, 2)]
+    receipts = cluster.burst(source, token, items, workers=6)
+    settle(receipts, set(guids), partner)
+    with session_scope(read_only=True) as session:
+        from shared.models import Story
+
+        versions = dict(
+            session.execute(select(Story.guid, Story.wire_version).where(Story.guid.in_(guids))).all()
+        )
+    assert set(versions.values()) == {3}
+    partner.close()
+
+
+def test_poison_task_is_capped_and_the_rest_flows(cluster: Cluster) -> None:
+    source, token, partner, _ = setup_newsroom()
+    with session_scope() as session:
+        source_id = session.scalars(select(Source.id).where(Source.name == source)).one()
+        # A stored post whose format no parser knows: its task fails every time.
+        poison = Receipt(source_id=source_id, content_type="application/x-poison", format="poison",
+                         body=b"\x00poison", size=7)  # fmt: skip
+        session.add(poison)
+        session.flush()
+        emit(session, "ingest.process_receipt", receipt_id=poison.id)
+        poison_id = poison.id
+    guids = [f"urn:chaos:poison:{secrets.token_hex(4)}:{i}" for i in range(30)]
+    receipts = cluster.burst(source, token, [ninjs(g) for g in guids], workers=4)
+    settle(receipts, set(guids), partner)
+
+    def recorded() -> list[Failure]:
+        with session_scope(read_only=True) as session:
+            return list(session.scalars(select(Failure).where(Failure.key == f"receipt_id={poison_id}")))
+
+    from tests.conftest import wait_for
+
+    failures = wait_for(recorded, timeout=60, what="the poison receipt recorded as failed")
+    assert len(failures) == 1
+    with session_scope(read_only=True) as session:
+        assert session.get(Receipt, poison_id).body == b"\x00poison"  # type: ignore[union-attr]
+    partner.close()
