@@ -15,7 +15,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.errors import Forbidden, NotFound
 from shared.models import Receipt, Source, utcnow
-from shared.web import Principal, PrincipalDep
+from shared.web import AdminDep, Principal, PrincipalDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -24,25 +24,27 @@ router = APIRouter(prefix="/v1", tags=["ingest"])
 OVERSIZE_HEAD_BYTES = 64 * 1024
 
 
-async def _read_limited(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The body, or its head and True when it is larger than ``limit`` (never read whole)."""
+async def _read_limited(request: Request, limit: int) -> tuple[bytes, int | None]:
+    """The body; or, when it is larger than ``limit``, its head and its size (never read whole).
+
+    The size is the declared Content-Length, else how much was read before giving up.
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        head = b""
+        head = bytearray()
         async for chunk in request.stream():
             head += chunk
             if len(head) >= OVERSIZE_HEAD_BYTES:
                 break
-        return head[:OVERSIZE_HEAD_BYTES], True
+        return bytes(head[:OVERSIZE_HEAD_BYTES]), int(declared)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            kept = b"".join(chunks)[:OVERSIZE_HEAD_BYTES]
-            return kept, True
         chunks.append(chunk)
-    return b"".join(chunks), False
+        if size > limit:
+            return b"".join(chunks)[:OVERSIZE_HEAD_BYTES], size
+    return b"".join(chunks), None
 
 
 @router.post("/wire/{source_name}", status_code=202)
@@ -50,9 +52,9 @@ async def post_wire(source_name: str, request: Request, caller: PrincipalDep) ->
     """Accept a wire post: store it untouched, check it, queue it."""
     source_id = await run_in_threadpool(_authorize, source_name, caller)
     settings = get_settings()
-    body, too_large = await _read_limited(request, settings.max_body_bytes)
+    body, oversize = await _read_limited(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type")
-    result = await run_in_threadpool(_store, source_id, content_type, body, too_large)
+    result = await run_in_threadpool(_store, source_id, content_type, body, oversize)
     if result.status != 202:
         return JSONResponse({"error": result.error, "detail": result.detail, "receipt": result.receipt_id},
                             status_code=result.status)  # fmt: skip
@@ -75,18 +77,19 @@ def _authorize(source_name: str, caller: Principal) -> int:
     return source_id
 
 
-def _store(source_id: int, content_type: str | None, body: bytes, too_large: bool) -> service.PostResult:
+def _store(source_id: int, content_type: str | None, body: bytes, oversize: int | None) -> service.PostResult:
     limit = get_settings().max_body_bytes
     with session_scope() as session:
         source = session.get_one(Source, source_id)
-        if not too_large:
+        if oversize is None:
             return service.accept_post(session, source=source, content_type=content_type, body=body)
         detail = f"the body is over {limit} bytes; the first {len(body)} bytes are kept"
-        receipt = Receipt(source_id=source.id, content_type=content_type, body=body, size=len(body),
+        receipt = Receipt(source_id=source.id, content_type=content_type, body=body, size=oversize,
                           status="rejected", processed_at=utcnow(),
                           error={"error": "too_large", "detail": detail})  # fmt: skip
         session.add(receipt)
         session.flush()
+        log.info("receipt %s from %s rejected (413): %s", receipt.id, source.name, detail)
         return service.PostResult(receipt=receipt, status=413, error="too_large", detail=detail)
 
 
@@ -117,3 +120,10 @@ def receipt_view(receipt: Receipt) -> dict[str, Any]:
             for item in receipt.items
         ],
     }
+
+
+@router.get("/sources")
+def get_sources(_caller: AdminDep, failing: bool = False) -> list[dict[str, Any]]:
+    """Every source with its polling state; ``?failing=true`` for those whose polls keep failing."""
+    with session_scope(read_only=True) as session:
+        return [service.source_view(source) for source in service.list_sources(session, failing=failing)]

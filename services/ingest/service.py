@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+import httpx
+from sqlalchemy import ColumnElement, Table, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.ingest.normalize import slugify
 from services.ingest.parsers import FORMATS, format_for_content_type, parse
 from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem
 from shared.auth import create_token
-from shared.errors import Conflict, NotFound, SkipEvent, Unprocessable
+from shared.config import get_settings
+from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unprocessable
 from shared.events import emit
 from shared.models import Receipt, ReceiptItem, Source, Story, utcnow
 from shared.stories import CONTENT_FIELDS, add_revision, jsonable, set_labels, set_tags
@@ -60,6 +66,8 @@ def add_source(
         raise Unprocessable(f"unknown timezone {timezone!r}") from error
     if poll_url and not poll_url.startswith(("http://", "https://")):
         raise Unprocessable("a poll URL must be http(s)")
+    if poll_url and (poll_every is None or poll_every < 1):
+        raise Unprocessable("a polled source needs --every SECONDS (at least 1)")
     if session.scalar(select(Source.id).where(Source.name == name)) is not None:
         raise Conflict(f"source {name!r} exists")
     source = Source(
@@ -120,6 +128,10 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
     receipt = session.get(Receipt, receipt_id)
     if receipt is None:
         raise NotFound(f"receipt {receipt_id} not found")
+    if (receipt.error or {}).get("error") == "too_large":
+        raise Conflict(
+            f"receipt {receipt_id} kept only the first {len(receipt.body)} bytes of an oversized post"
+        )
     source = session.get(Source, receipt.source_id)
     assert source is not None
     receipt.format = format_for_content_type(receipt.content_type, source.format)
@@ -127,6 +139,7 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
     receipt.error = None
     session.flush()
     emit(session, "ingest.process_receipt", receipt_id=receipt.id)
+    log.info("receipt %s queued again", receipt.id)
     return receipt
 
 
@@ -139,8 +152,19 @@ def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
         raise SkipEvent(f"receipt {receipt_id} is {receipt.status}")
     source = session.get(Source, receipt.source_id)
     assert source is not None
+    if receipt.attempts:  # processed before (and sent back by a retry): its old rows go
+        session.execute(delete(ReceiptItem).where(ReceiptItem.receipt_id == receipt.id))
+    outcomes = _process(session, receipt, source)
+    # Counted last, so that the items' savepoints do not each flush the receipt first.
     receipt.attempts += 1
-    session.execute(delete(ReceiptItem).where(ReceiptItem.receipt_id == receipt.id))
+    session.flush()
+    log.info(
+        "receipt %s: %s", receipt.id, ", ".join(f"{r.guid}={r.outcome}" for r in outcomes) or receipt.error
+    )
+    return outcomes
+
+
+def _process(session: Session, receipt: Receipt, source: Source) -> list[ReceiptItem]:
     if receipt.format is None:
         _reject(session, receipt, 415, "unsupported_media_type", "unknown Content-Type")
         return []
@@ -155,9 +179,7 @@ def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
             row = ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid,
                               outcome="rejected", error=_describe(item))  # fmt: skip
         else:
-            outcome, story_id = store_item(session, source=source, item=item)
-            row = ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid,
-                              story_id=story_id, outcome=outcome)  # fmt: skip
+            row = _store_in_savepoint(session, receipt, source, position, item)
         session.add(row)
         outcomes.append(row)
     receipt.item_count = len(parsed)
@@ -165,9 +187,25 @@ def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
     if receipt.status == "rejected":
         receipt.error = {"error": "unprocessable", "detail": "; ".join(r.error or "" for r in outcomes)}
     receipt.processed_at = utcnow()
-    session.flush()
-    log.info("receipt %s: %s", receipt.id, ", ".join(f"{r.guid}={r.outcome}" for r in outcomes))
     return outcomes
+
+
+def _store_in_savepoint(
+    session: Session, receipt: Receipt, source: Source, position: int, item: ParsedItem
+) -> ReceiptItem:
+    """Store one item; an item the database refuses is rejected alone, the others still go in."""
+    try:
+        with session.begin_nested():
+            outcome, story_id = store_item(session, source=source, item=item)
+    except (OperationalError, TransientError):
+        raise  # the database is unwell, not the item: the whole receipt is retried
+    except Exception as error:
+        log.exception("receipt %s item %d (%s) could not be stored", receipt.id, position, item.guid)
+        return ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid, outcome="rejected",
+                           error=f"item {position} ({item.guid}): could not be stored: "
+                                 f"{type(error).__name__}: {error}"[:2000])  # fmt: skip
+    return ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid, story_id=story_id,
+                       outcome=outcome)  # fmt: skip
 
 
 def content_of(item: ParsedItem) -> dict[str, Any]:
@@ -192,8 +230,45 @@ def content_hash(item: ParsedItem) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+# The statements of the hot path are built once, with bind parameters: building them per
+# item (dozens of columns) cost more than running them.
+STORIES = cast(Table, Story.__table__)
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # No conflict target: a clash on the slug is not an error either, it means "try the
+    # next slug" (two new stories with one headline may race for it).
+    return insert(STORIES).on_conflict_do_nothing().returning(STORIES.c.id)
+
+
+@functools.cache
+def _update_statement(*, has_version: bool, has_time: bool, same_content: bool) -> Any:
+    """UPDATE the story if the item is newer; the comparison is in SQL, so a racing worker cannot win too.
+
+    Newer = a higher version, or the same version created later, or (with no ordering at
+    all) different content. With ``same_content`` only the version is recorded.
+    """
+    c = STORIES.c
+    newer: list[ColumnElement[bool]] = [c.wire_version < bindparam("new_version")]
+    if has_time:
+        newer.append((c.wire_version == bindparam("new_version")) & (
+            c.wire_version_created.is_(None) | (c.wire_version_created < bindparam("new_time"))))  # fmt: skip
+    elif not has_version:
+        newer.append((c.wire_version == -1) & c.wire_version_created.is_(None))
+    content = c.content_hash == bindparam("digest") if same_content else c.content_hash != bindparam("digest")
+    values: dict[str, Any] = {"wire_version": bindparam("new_version"),
+                              "wire_version_created": bindparam("new_time")}  # fmt: skip
+    if not same_content:
+        values |= {"content_hash": bindparam("digest"), "revision": c.revision + 1,
+                   "modified_at": bindparam("now")}  # fmt: skip
+    return (
+        update(STORIES)
+        .where(c.source_id == bindparam("of_source"), c.guid == bindparam("of_guid"), content, or_(*newer))
+        .values(values)
+        .returning(c.id)
+    )
 
 
 def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[str, int | None]:
@@ -201,51 +276,32 @@ def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[s
     digest = content_hash(item)
     content = content_of(item)
     version = item.version if item.version is not None else -1
-    status = "unpublished" if item.pubstatus == "canceled" else "ingested"
-    slug = _unique_slug(session, source, item)
-    created = session.execute(
-        _insert(session)(Story)
-        .values(source_id=source.id, guid=item.guid, slug=slug, status=status, revision=1,
-                wire_version=version, wire_version_created=item.version_created,
-                content_hash=digest, created_at=utcnow(), modified_at=utcnow(), **content)
-        .on_conflict_do_nothing(index_elements=["source_id", "guid"])
-        .returning(Story.id)
-    ).scalar()  # fmt: skip
-    if created is not None:
-        story = session.get_one(Story, created)
+    story = _insert_story(session, source, item, content, digest, version)
+    if story is not None:
         _set_tags_and_labels(story, item)
         add_revision(session, story, "ingested", actor=f"source:{source.name}")
         _after_ingest(session, source, story, item, new=True)
+        log.info("story %s created from %s %s", story.id, source.name, item.guid)
         return "created", story.id
 
-    # Newer = a higher version, or the same version created later, or (with no
-    # ordering at all) different content. The comparison happens in the UPDATE,
-    # so two workers racing on one guid cannot both win.
-    conditions: list[ColumnElement[bool]] = [Story.wire_version < version]
-    if item.version_created is not None:
-        conditions.append(
-            (Story.wire_version == version)
-            & (Story.wire_version_created.is_(None) | (Story.wire_version_created < item.version_created))
-        )
-    elif item.version is None:
-        conditions.append((Story.wire_version == -1) & Story.wire_version_created.is_(None))
-    newer = or_(*conditions)
-    updated = session.execute(
-        update(Story)
-        .where(Story.source_id == source.id, Story.guid == item.guid,
-               Story.content_hash != digest, newer)
-        .values(wire_version=version, wire_version_created=item.version_created,
-                content_hash=digest, revision=Story.revision + 1, modified_at=utcnow())
-        .returning(Story.id)
-        .execution_options(synchronize_session=False)
-    ).scalar()  # fmt: skip
+    params = {"of_source": source.id, "of_guid": item.guid, "digest": digest, "new_version": version,
+              "new_time": item.version_created, "now": utcnow()}  # fmt: skip
+    shape = {"has_version": item.version is not None, "has_time": item.version_created is not None}
+    updated = session.execute(_update_statement(**shape, same_content=False), params).scalar()
     if updated is None:
+        # The same text under a newer version: nothing to show, but the version is
+        # remembered, so that an older one arriving later is known to be stale.
+        same = session.execute(_update_statement(**shape, same_content=True), params).scalar()
+        if same is not None:
+            return "unchanged", same
         row = session.execute(
             select(Story.id, Story.content_hash).where(Story.source_id == source.id, Story.guid == item.guid)
         ).one()
         return ("unchanged" if row.content_hash == digest else "stale"), row.id
 
     story = session.get_one(Story, updated, populate_existing=True)
+    if item.pubstatus == "canceled" and story.status == "ingested":
+        story.status = "unpublished"  # never published: killed here, nothing to take down
     if story.status in ("published", "scheduled") and item.pubstatus != "canceled":
         # Readers keep seeing the published text until the next publish.
         story.pending = jsonable({**content, "tags": item.tags, "labels": item.labels})
@@ -255,7 +311,43 @@ def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[s
         _set_tags_and_labels(story, item)
     add_revision(session, story, "ingested", actor=f"source:{source.name}")
     _after_ingest(session, source, story, item, new=False)
+    log.info("story %s r%s updated from %s %s", story.id, story.revision, source.name, item.guid)
     return "updated", story.id
+
+
+def _insert_story(
+    session: Session, source: Source, item: ParsedItem, content: dict[str, Any], digest: str, version: int
+) -> Story | None:
+    """Insert the story if (source, guid) is new, with a slug no other story has; else None."""
+    now = utcnow()
+    status = "unpublished" if item.pubstatus == "canceled" else "ingested"
+    values = content | {"source_id": source.id, "guid": item.guid, "status": status, "revision": 1,
+                        "wire_version": version, "wire_version_created": item.version_created,
+                        "content_hash": digest, "created_at": now, "modified_at": now}  # fmt: skip
+    statement = _insert_statement(session.get_bind().dialect.name)
+    for slug in _slug_candidates(source, item):
+        values["slug"] = slug
+        created = session.execute(statement, values).scalar()
+        if created is not None:
+            # The row is exactly these values (NULL elsewhere) and has no tags or labels
+            # yet: attach it to the session as it is, rather than reading it back.
+            story = Story(**(dict.fromkeys(STORIES.columns.keys()) | values | {"id": created}))
+            make_transient_to_detached(story)
+            session.add(story)
+            set_committed_value(story, "tags", [])
+            set_committed_value(story, "labels", [])
+            return story
+        exists = session.scalar(select(Story.id).where(Story.source_id == source.id, Story.guid == item.guid))
+        if exists is not None:
+            return None
+    raise Conflict(f"no free slug for {item.guid!r}")
+
+
+def _slug_candidates(source: Source, item: ParsedItem) -> list[str]:
+    base = slugify(item.headline)[:80].strip("-") or "story"
+    # Another story has this headline's slug: a short, stable suffix from the identity.
+    suffix = hashlib.sha256(f"{source.id}:{item.guid}".encode()).hexdigest()[:8]
+    return [base, f"{base}-{suffix}", *(f"{base}-{suffix}-{n}" for n in range(2, 10))]
 
 
 def _after_ingest(session: Session, source: Source, story: Story, item: ParsedItem, *, new: bool) -> None:
@@ -277,11 +369,196 @@ def _set_tags_and_labels(story: Story, item: ParsedItem) -> None:
     set_labels(story, labels)
 
 
-def _unique_slug(session: Session, source: Source, item: ParsedItem) -> str:
-    base = slugify(item.headline)[:80].strip("-") or "story"
-    taken = session.scalar(select(Story.id).where(Story.slug == base))
-    if taken is None:
-        return base
-    # Another story has this headline's slug: a short, stable suffix from the identity.
-    suffix = hashlib.sha256(f"{source.id}:{item.guid}".encode()).hexdigest()[:8]
-    return f"{base}-{suffix}"
+# Sources ------------------------------------------------------------------------------
+
+
+def source_view(source: Source) -> dict[str, Any]:
+    """A source as `newsroom source list` and GET /v1/sources show it."""
+    return {
+        "id": source.id,
+        "name": source.name,
+        "format": source.format,
+        "timezone": source.timezone,
+        "auto_publish": source.auto_publish,
+        "poll_url": source.poll_url,
+        "poll_every": source.poll_every,
+        "next_poll_at": source.next_poll_at.isoformat() if source.next_poll_at else None,
+        "poll_failures": source.poll_failures,
+        "last_error": source.last_error,
+        "failing": source.poll_failures > 0,
+    }
+
+
+def list_sources(session: Session, *, failing: bool = False) -> list[Source]:
+    """Every source by name; only those whose polls keep failing with ``failing``."""
+    query = select(Source).order_by(Source.name)
+    if failing:
+        query = query.where(Source.poll_failures > 0)
+    return list(session.scalars(query))
+
+
+# Polling ------------------------------------------------------------------------------
+
+POLL_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# The whole fetch, however slowly the server drips its bytes.
+POLL_DEADLINE_SECONDS = 30.0
+# While a poll runs, the source is not due: neither a second tick nor a second scheduler
+# polls it again. A worker that dies mid-poll leaves the source due again after this.
+POLL_LEASE = timedelta(seconds=POLL_DEADLINE_SECONDS + 30)
+POLL_BACKOFF_CAP = timedelta(hours=1)
+POLL_ACCEPT = ("application/rss+xml, application/atom+xml, application/ninjs+json, "
+               "application/vnd.iptc.g2.newsmessage+xml, application/xml;q=0.9, "
+               "application/json;q=0.9, */*;q=0.1")  # fmt: skip
+# Media types that name one format; anything vaguer is read in the source's own format.
+_SPECIFIC_TYPES = frozenset({
+    "application/ninjs+json", "application/vnd.iptc.g2.newsitem+xml",
+    "application/vnd.iptc.g2.newsmessage+xml", "application/rss+xml", "application/atom+xml",
+    "application/vnd.newsroom.column+json",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """A claimed poll: what to fetch, with the validators of the last fetch."""
+
+    source_id: int
+    name: str
+    url: str
+    every: int
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass(frozen=True)
+class PollResponse:
+    """What the fetch brought back: a status and body, or the reason it failed."""
+
+    status: int | None = None
+    content_type: str | None = None
+    body: bytes = b""
+    etag: str | None = None
+    last_modified: str | None = None
+    error: str | None = None
+
+
+def claim_poll(session: Session, *, source_id: int, now: datetime | None = None) -> PollRequest:
+    """Take a due source for polling, in SQL, so a repeated tick or a second scheduler skips it."""
+    now = now or utcnow()
+    row = session.execute(
+        update(Source)
+        .where(Source.id == source_id, Source.poll_url.is_not(None), Source.next_poll_at <= now)
+        .values(next_poll_at=now + POLL_LEASE)
+        .returning(Source.name, Source.poll_url, Source.poll_every, Source.poll_etag,
+                   Source.poll_last_modified)
+        .execution_options(synchronize_session=False)
+    ).first()  # fmt: skip
+    if row is None:
+        raise SkipEvent(f"source {source_id} is not due for a poll")
+    return PollRequest(source_id=source_id, name=row.name, url=row.poll_url or "",
+                       every=max(1, row.poll_every or 60), etag=row.poll_etag,
+                       last_modified=row.poll_last_modified)  # fmt: skip
+
+
+def fetch_poll(request: PollRequest, *, max_bytes: int | None = None) -> PollResponse:
+    """GET the source's URL conditionally; never raises for what the network or server does."""
+    limit = max_bytes if max_bytes is not None else get_settings().max_body_bytes
+    headers = {"Accept": POLL_ACCEPT, "User-Agent": "newsroom-poller/1"}
+    if request.etag:
+        headers["If-None-Match"] = request.etag
+    if request.last_modified:
+        headers["If-Modified-Since"] = request.last_modified
+    deadline = time.monotonic() + POLL_DEADLINE_SECONDS
+    try:
+        with (
+            httpx.Client(timeout=POLL_TIMEOUT, follow_redirects=True, max_redirects=5) as client,
+            client.stream("GET", request.url, headers=headers) as response,
+        ):
+            validators = {"etag": response.headers.get("etag"),
+                          "last_modified": response.headers.get("last-modified")}  # fmt: skip
+            if response.status_code == 304:
+                return PollResponse(status=304, **validators)
+            if response.status_code != 200:
+                reason = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+                return PollResponse(status=response.status_code, error=reason)
+            chunks: list[bytes] = []
+            size = 0
+            # Decoded bytes are counted, so a small gzip bomb is cut off like a large body.
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    return PollResponse(status=200, error=f"the document is over {limit} bytes")
+                if time.monotonic() > deadline:
+                    return PollResponse(
+                        status=200, error=f"no complete answer in {POLL_DEADLINE_SECONDS:.0f}s"
+                    )
+                chunks.append(chunk)
+            return PollResponse(status=200, content_type=response.headers.get("content-type"),
+                                body=b"".join(chunks), **validators)  # fmt: skip
+    except httpx.HTTPError as error:
+        return PollResponse(error=f"{type(error).__name__}: {error}".rstrip(": "))
+
+
+def record_poll(
+    session: Session, *, request: PollRequest, response: PollResponse, now: datetime | None = None
+) -> str:
+    """Store what a poll fetched through the push path, and when to poll next; returns the outcome."""
+    now = now or utcnow()
+    source = session.get_one(Source, request.source_id)
+    if response.error is not None:
+        return _poll_failed(source, now, response.error)
+    if response.status == 304:
+        _poll_succeeded(source, now, response)
+        log.info("source %s (%s): not modified", source.id, source.name)
+        return "not_modified"
+    body = response.body
+    latest = session.scalars(
+        select(Receipt).where(Receipt.source_id == source.id).order_by(Receipt.id.desc()).limit(1)
+    ).first()
+    if latest is not None and latest.size == len(body) and bytes(latest.body) == body:
+        # A server without validators sends the same bytes again: nothing new to store.
+        if latest.status == "rejected":
+            return _poll_failed(source, now, _receipt_reason(latest))
+        _poll_succeeded(source, now, response)
+        log.info("source %s (%s): same document as receipt %s", source.id, source.name, latest.id)
+        return "unchanged"
+    media_type = (response.content_type or "").partition(";")[0].strip().lower()
+    content_type = response.content_type if media_type in _SPECIFIC_TYPES else None
+    result = accept_post(session, source=source, content_type=content_type, body=body)
+    empty = result.status == 422 and result.receipt.item_count == 0
+    if result.status != 202 and not empty:
+        return _poll_failed(source, now, f"receipt {result.receipt_id}: {result.error}: {result.detail}")
+    _poll_succeeded(source, now, response)
+    log.info("source %s (%s): receipt %s with %d items", source.id, source.name, result.receipt_id,
+             result.items)  # fmt: skip
+    return "received"
+
+
+def _receipt_reason(receipt: Receipt) -> str:
+    error = receipt.error or {}
+    return f"receipt {receipt.id}: {error.get('error')}: {error.get('detail')}"
+
+
+def _poll_succeeded(source: Source, now: datetime, response: PollResponse) -> None:
+    if response.status == 200 or response.etag:
+        source.poll_etag = response.etag
+    if response.status == 200 or response.last_modified:
+        source.poll_last_modified = response.last_modified
+    source.poll_failures = 0
+    source.last_error = None
+    source.next_poll_at = now + timedelta(seconds=max(1, source.poll_every or 60))
+
+
+def poll_backoff(every: int, failures: int) -> timedelta:
+    """How long a failing source rests: its interval doubled per failure in a row, capped."""
+    seconds = max(1, every) * 2 ** min(failures, 30)
+    return min(POLL_BACKOFF_CAP, timedelta(seconds=seconds))
+
+
+def _poll_failed(source: Source, now: datetime, error: str) -> str:
+    source.poll_failures += 1
+    source.last_error = error[:2000]
+    delay = poll_backoff(source.poll_every or 60, source.poll_failures)
+    source.next_poll_at = now + delay
+    log.warning("source %s (%s): poll failed %d times in a row, next in %ds: %s", source.id, source.name,
+                source.poll_failures, delay.total_seconds(), error)  # fmt: skip
+    return "failed"

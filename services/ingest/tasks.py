@@ -12,3 +12,14 @@ def process_receipt(receipt_id: int) -> None:
     """Turn a stored post's items into stories."""
     with session_scope() as session:
         service.process_receipt(session, receipt_id)
+
+
+@newsroom_task("ingest.poll_source")
+def poll_source(source_id: int) -> None:
+    """Fetch a polled source's document and take it in like a push (queued by the scheduler)."""
+    with session_scope() as session:
+        request = service.claim_poll(session, source_id=source_id)
+    # No transaction is held open while the network is slow.
+    response = service.fetch_poll(request)
+    with session_scope() as session:
+        service.record_poll(session, request=request, response=response)

@@ -6,6 +6,7 @@ or a NewsML-G2 item posted as `application/rss+xml` is still read correctly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 from lxml import etree  # type: ignore[import-untyped]
 
 from services.ingest.parsers import column, feeds, newsml, ninjs
-from services.ingest.parsers.base import MalformedPost, ParseResult
+from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem, ParseResult
 
 FORMATS = ("ninjs", "newsml-g2", "rss", "atom", "column")
 
@@ -41,6 +42,10 @@ def format_for_content_type(content_type: str | None, default: str | None) -> st
 
 def parse(fmt: str, body: bytes, *, default_tz: tzinfo) -> ParseResult:
     """Parse a wire post into items; raises MalformedPost if the body cannot be read at all."""
+    return [fit(result, position) for position, result in enumerate(_parse(fmt, body, default_tz))]
+
+
+def _parse(fmt: str, body: bytes, default_tz: tzinfo) -> ParseResult:
     if fmt == "ninjs":
         return ninjs.parse(load_json(body), default_tz=default_tz)
     if fmt == "column":
@@ -53,6 +58,39 @@ def parse(fmt: str, body: bytes, *, default_tz: tzinfo) -> ParseResult:
     if newsml.is_newsml(root):
         return newsml.parse(root, default_tz=default_tz)
     raise MalformedPost(f"<{etree.QName(root).localname}> is not a {fmt} document")
+
+
+# The sizes of the stories table's columns (a test keeps them in step with the model):
+# a longer value would fail the whole post on PostgreSQL, or be kept whole on SQLite.
+MAX_GUID = 500
+MAX_AUTHOR_NAME = 200
+MAX_GENRE = 100
+MAX_LANGUAGE = 20
+MAX_TAG = 200
+_LANGUAGE_TAG_RE = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*\Z")
+
+
+def fit(result: ParsedItem | ItemError, position: int) -> ParsedItem | ItemError:
+    """Make an item fit the story's columns: an overlong guid is refused, other text is cut."""
+    if isinstance(result, ItemError):
+        return result
+    if len(result.guid) > MAX_GUID:
+        return ItemError(
+            position, f"guid is longer than {MAX_GUID} characters", guid=result.guid, field="guid"
+        )
+    language = (result.language or "").replace("_", "-")
+    return dataclasses.replace(
+        result,
+        author_name=_cut(result.author_name, MAX_AUTHOR_NAME),
+        genre=_cut(result.genre, MAX_GENRE),
+        # Not a language tag (or an absurdly long one): better no language than a wrong one.
+        language=language if len(language) <= MAX_LANGUAGE and _LANGUAGE_TAG_RE.match(language) else None,
+        tags=[tag[:MAX_TAG].rstrip() for tag in result.tags],
+    )
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _invalid_utf8(body: bytes, error: UnicodeDecodeError) -> MalformedPost:
