@@ -133,6 +133,23 @@ def cmd_source_add(args: argparse.Namespace) -> None:
     print(f"wire token (shown once): {token}")
 
 
+def cmd_source_list(args: argparse.Namespace) -> None:
+    from services.ingest.service import list_sources, source_view
+    from shared.db import session_scope
+
+    with session_scope(read_only=True) as session:
+        views = [source_view(source) for source in list_sources(session, failing=args.failing)]
+    if args.json:
+        _print(views)
+        return
+    for view in views:
+        poll = f"every {view['poll_every']}s {view['poll_url']}" if view["poll_url"] else "push"
+        # A source whose polls keep failing says so, with why and when it tries again.
+        health = (f"FAILING x{view['poll_failures']} (next {view['next_poll_at']}): {view['last_error']}"
+                  if view["failing"] else "ok")  # fmt: skip
+        print(f"{view['id']:>4}  {view['name']:<20} {view['format']:<10} {poll}  {health}")
+
+
 def cmd_token_create(args: argparse.Namespace) -> None:
     from shared.auth import create_token
     from shared.db import session_scope
@@ -156,18 +173,20 @@ def cmd_partner_add(args: argparse.Namespace) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> None:
     from services.publish.api import parse_at, story_view
-    from services.publish.service import publish_story
+    from services.publish.service import get_story, publish_story
     from shared.db import session_scope
     from shared.errors import SkipEvent
 
     at = parse_at(args.at)
-    with session_scope() as session:
-        try:
-            outcome = publish_story(session, story_id=args.id, actor="cli", labels=args.label or None,
-                                    at=at, silent=args.silent, note=args.note)  # fmt: skip
+    try:
+        with session_scope() as session:
+            outcome = publish_story(session, story_id=args.id, actor=args.actor, labels=args.label,
+                                    at=at, expected_version=args.expected_version, silent=args.silent,
+                                    note=args.note)  # fmt: skip
             view = {**story_view(outcome.story), "event": outcome.event}
-        except SkipEvent as skip:
-            view = {"id": args.id, "event": None, "detail": skip.detail}
+    except SkipEvent as skip:
+        with session_scope(read_only=True) as session:
+            view = {**story_view(get_story(session, args.id)), "event": None, "detail": skip.detail}
     _print(view)
 
 
@@ -177,47 +196,72 @@ def cmd_unpublish(args: argparse.Namespace) -> None:
     from shared.db import session_scope
 
     with session_scope() as session:
-        outcome = unpublish_story(session, story_id=args.id, reason=args.reason, actor="cli")
-        _print({**story_view(outcome.story), "event": outcome.event})
+        outcome = unpublish_story(session, story_id=args.id, reason=args.reason, actor=args.actor,
+                                  expected_version=args.expected_version)  # fmt: skip
+        view = {**story_view(outcome.story), "event": outcome.event}
+    _print(view)
 
 
 def cmd_stories_list(args: argparse.Namespace) -> None:
+    from services.publish.api import story_view
     from services.publish.service import list_stories
+    from shared.config import get_settings
     from shared.db import session_scope
+    from shared.timefmt import local
 
+    tz = get_settings().tz
     with session_scope(read_only=True) as session:
-        for story in list_stories(session, status=args.status, section=args.section, q=args.q,
-                                  limit=args.limit):  # fmt: skip
-            when = story.published_at.isoformat() if story.published_at else "-"
+        stories = list_stories(session, status=args.status, section=args.section, q=args.q,
+                               limit=args.limit, offset=args.offset)  # fmt: skip
+        if args.json:
+            _print([story_view(story) for story in stories])
+            return
+        for story in stories:
+            # Editors read times in the newsroom's zone, as readers see them.
+            moment = story.publish_at if story.status == "scheduled" else story.published_at
+            when = local(moment, tz).strftime("%Y-%m-%d %H:%M") if moment else "-"
             labels = ",".join(story.label_names) or "-"
-            print(f"{story.id:>6}  {story.status:<11} v{story.revision:<3} {when:<32} {labels:<16} "
+            print(f"{story.id:>6}  {story.status:<11} v{story.revision:<3} {when:<16} {labels:<16} "
                   f"{story.headline}")  # fmt: skip
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
+    import time
+
     from sqlalchemy import select
 
     from services.ingest import service
     from services.ingest.api import receipt_view
     from shared.db import session_scope
-    from shared.models import Source
+    from shared.models import Receipt, Source
 
     if args.retry is not None:
         with session_scope() as session:
             receipt = service.retry_receipt(session, args.retry)
-            print(f"receipt {receipt.id} queued again")
-        return
-    if not args.file or not args.source:
-        raise SystemExit("usage: newsroom ingest FILE --source NAME, or newsroom ingest --retry RECEIPT")
-    body = Path(args.file).read_bytes()
-    with session_scope() as session:
-        source = session.scalars(select(Source).where(Source.name == args.source)).first()
-        if source is None:
-            raise SystemExit(f"no source {args.source!r}")
-        result = service.accept_post(session, source=source, content_type=args.content_type or
-                                     _guess_type(args.file), body=body)  # fmt: skip
-        view = receipt_view(result.receipt)
-    _print({"http_status": result.status, **view, "detail": result.detail})
+            receipt_id = receipt.id
+        print(f"receipt {receipt_id} queued again")
+        status = 202
+    else:
+        if not args.file or not args.source:
+            raise SystemExit("usage: newsroom ingest FILE --source NAME, or newsroom ingest --retry RECEIPT")
+        body = Path(args.file).read_bytes()
+        with session_scope() as session:
+            source = session.scalars(select(Source).where(Source.name == args.source)).first()
+            if source is None:
+                raise SystemExit(f"no source {args.source!r}")
+            result = service.accept_post(session, source=source, content_type=args.content_type or
+                                         _guess_type(args.file), body=body)  # fmt: skip
+            receipt_id, status = result.receipt_id, result.status
+    deadline = time.monotonic() + args.wait
+    while True:
+        with session_scope(read_only=True) as session:
+            view = receipt_view(session.get_one(Receipt, receipt_id))
+        if view["status"] != "pending" or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    _print({"http_status": status, **view})
+    if status != 202:
+        raise SystemExit(1)
 
 
 def _guess_type(path: str) -> str | None:
@@ -234,31 +278,27 @@ def cmd_feeds_export(args: argparse.Namespace) -> None:
 
 
 def cmd_deliveries_list(args: argparse.Namespace) -> None:
-    from sqlalchemy import select
+    from services.syndicate.api import list_deliveries
 
-    from services.syndicate.api import delivery_view
-    from shared.db import session_scope
-    from shared.models import Delivery, Partner
-
-    with session_scope(read_only=True) as session:
-        query = select(Delivery, Partner.name).join(Partner, Partner.id == Delivery.partner_id)
-        if args.status:
-            query = query.where(Delivery.status == args.status)
-        if args.partner:
-            query = query.where(Partner.name == args.partner)
-        for delivery, name in session.execute(query.order_by(Delivery.created_at.desc()).limit(args.limit)):
-            view = delivery_view(delivery, name)
-            print(f"{view['id']}  {name:<16} story {view['story_id']:<6} v{view['version']:<3} "
-                  f"{view['event']:<16} {view['status']:<10} attempts={view['attempts']} "
-                  f"{view['last_error'] or ''}")  # fmt: skip
+    deliveries = list_deliveries(partner=args.partner, status=args.status, story_id=args.story,
+                                 limit=args.limit)  # fmt: skip
+    if args.json:
+        _print(deliveries)
+        return
+    for view in deliveries:
+        print(f"{view['id']}  {view['partner']:<16} story {view['story_id']:<6} v{view['version']:<3} "
+              f"{view['event']:<16} {view['status']:<10} attempts={view['attempts']} "
+              f"{view['last_error'] or ''}")  # fmt: skip
 
 
 def cmd_deliveries_replay(args: argparse.Namespace) -> None:
     from services.syndicate.partners import replay
     from shared.db import session_scope
 
-    if not args.id and not args.partner:
-        raise SystemExit("replay needs a delivery ID or --partner P")
+    if bool(args.id) == bool(args.partner):
+        raise SystemExit("replay needs a delivery ID or --partner P (not both)")
+    if args.id and args.status:
+        raise SystemExit("--status goes with --partner")
     with session_scope() as session:
         ids = replay(session, delivery_id=args.id, partner=args.partner, status=args.status)
     print(f"queued {len(ids)} deliveries again: {' '.join(ids)}")
@@ -306,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--poll", metavar="URL")
     add.add_argument("--every", type=int, metavar="SECONDS")
     add.set_defaults(func=cmd_source_add)
+    slist_sources = source.add_parser("list", help="sources, and whether their polls are failing")
+    slist_sources.add_argument("--failing", action="store_true", help="only sources whose polls fail")
+    slist_sources.add_argument("--json", action="store_true")
+    slist_sources.set_defaults(func=cmd_source_list)
 
     token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an editor or admin token")
@@ -327,25 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser("publish", help="publish, schedule or republish a story")
     publish.add_argument("id", type=int)
-    publish.add_argument("--label", action="append")
-    publish.add_argument("--at", help="ISO 8601 time with an offset")
-    publish.add_argument("--silent", action="store_true")
-    publish.add_argument("--note")
+    publish.add_argument("--label", action="append", help="exclusive or breaking; repeat for both")
+    publish.add_argument("--at", help="ISO 8601 time with an offset: future schedules, past backdates")
+    publish.add_argument("--silent", action="store_true", help="a typo fix: no 'updated' label")
+    publish.add_argument("--note", help="a public correction note")
+    publish.add_argument("--expected-version", type=int)
+    publish.add_argument("--actor", default="cli", help="who, for the revision history")
     publish.set_defaults(func=cmd_publish)
 
     unpublish = commands.add_parser("unpublish", help="take a story down everywhere")
     unpublish.add_argument("id", type=int)
     unpublish.add_argument("--reason", required=True)
+    unpublish.add_argument("--expected-version", type=int)
+    unpublish.add_argument("--actor", default="cli", help="who, for the revision history")
     unpublish.set_defaults(func=cmd_unpublish)
 
     stories = commands.add_parser("stories", help="stories").add_subparsers(
         dest="stories_command", required=True
     )
-    slist = stories.add_parser("list", help="the editor's list")
-    slist.add_argument("--status")
+    slist = stories.add_parser("list", help="the editor's list, newest first")
+    slist.add_argument("--status", choices=["ingested", "scheduled", "published", "unpublished"])
     slist.add_argument("--section")
-    slist.add_argument("-q")
+    slist.add_argument("-q", help="text in the headline, lede, body, author or guid")
     slist.add_argument("--limit", type=int, default=50)
+    slist.add_argument("--offset", type=int, default=0)
+    slist.add_argument("--json", action="store_true")
     slist.set_defaults(func=cmd_stories_list)
 
     ingest = commands.add_parser("ingest", help="post a local file, or reprocess a stored post")
@@ -353,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source")
     ingest.add_argument("--content-type")
     ingest.add_argument("--retry", type=int, metavar="RECEIPT")
+    ingest.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="wait this long for the worker and show what became of each item")  # fmt: skip
     ingest.set_defaults(func=cmd_ingest)
 
     feeds = commands.add_parser("feeds", help="feeds").add_subparsers(dest="feeds_command", required=True)
@@ -362,15 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     deliveries = commands.add_parser("deliveries", help="partner deliveries").add_subparsers(
         dest="deliveries_command", required=True)  # fmt: skip
-    dlist = deliveries.add_parser("list")
+    dlist = deliveries.add_parser("list", help="deliveries, newest first")
     dlist.add_argument("--status", choices=["pending", "sent", "dead", "superseded"])
     dlist.add_argument("--partner")
+    dlist.add_argument("--story", type=int, metavar="STORY_ID")
     dlist.add_argument("--limit", type=int, default=100)
+    dlist.add_argument("--json", action="store_true", help="print JSON, as GET /v1/deliveries does")
     dlist.set_defaults(func=cmd_deliveries_list)
     replay = deliveries.add_parser("replay", help="send deliveries again, with the same webhook-id")
     replay.add_argument("id", nargs="?")
     replay.add_argument("--partner")
-    replay.add_argument("--status", choices=["pending", "sent", "dead"])
+    replay.add_argument("--status", choices=["pending", "sent", "dead", "superseded"])
     replay.set_defaults(func=cmd_deliveries_replay)
     return parser
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from services.publish import service
 from shared.config import get_settings
@@ -34,8 +37,21 @@ class PublishRequest(BaseModel):
 
 
 class UnpublishRequest(BaseModel):
+    """The body of POST /v1/stories/{id}/unpublish."""
+
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
+    expected_version: int | None = None
+
+
+@contextmanager
+def _writing(story_id: int) -> Iterator[Session]:
+    """A write transaction whose lost race with another writer is a 409, not a 500."""
+    try:
+        with session_scope() as session:
+            yield session
+    except StaleDataError as error:
+        raise Conflict(f"story {story_id} changed meanwhile; read it again") from error
 
 
 def parse_at(value: str | None) -> datetime | None:
@@ -64,6 +80,7 @@ def story_view(story: Story, *, full: bool = False) -> dict[str, Any]:
         "headline": story.headline,
         "lede": story.lede,
         "section": story.section,
+        "genre": story.genre,
         "tags": story.tag_names,
         "labels": story.label_names,
         "author": {"name": story.author_name, "slug": story.author_slug, "bio": story.author_bio},
@@ -73,6 +90,7 @@ def story_view(story: Story, *, full: bool = False) -> dict[str, Any]:
         "updated_at": _iso(story.updated_at),
         "publish_at": _iso(story.publish_at),
         "embargo_until": _iso(story.embargo_until),
+        "unpublished_at": _iso(story.unpublished_at),
         "correction_note": story.correction_note,
         "has_pending_changes": bool({k for k in (story.pending or {}) if k != "_publish"}),
     }
@@ -83,7 +101,7 @@ def story_view(story: Story, *, full: bool = False) -> dict[str, Any]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def _detail(session: Session, story: Story) -> dict[str, Any]:
@@ -110,7 +128,7 @@ def _detail(session: Session, story: Story) -> dict[str, Any]:
 @router.get("")
 def list_stories(
     caller: EditorDep, status: str | None = None, section: str | None = None, q: str | None = None,
-    limit: int = 50, offset: int = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """The editor's list, newest first."""
     with session_scope(read_only=True) as session:
@@ -131,9 +149,9 @@ def get_story(story_id: int, caller: EditorDep) -> dict[str, Any]:
 def patch_story(story_id: int, changes: dict[str, Any], caller: EditorDep) -> dict[str, Any]:
     """Edit a story: a new revision, shown on a published story after the next publish."""
     expected = changes.pop("expected_version", None)
-    if expected is not None and not isinstance(expected, int):
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
         raise Unprocessable("expected_version: an integer")
-    with session_scope() as session:
+    with _writing(story_id) as session:
         story = service.edit_story(session, story_id=story_id, changes=changes, expected_version=expected,
                                    actor=caller.actor)  # fmt: skip
         return story_view(story, full=True)
@@ -141,35 +159,36 @@ def patch_story(story_id: int, changes: dict[str, Any], caller: EditorDep) -> di
 
 @router.post("/{story_id}/publish", status_code=202)
 async def publish(story_id: int, body: PublishRequest, caller: EditorDep) -> JSONResponse:
-    """Publish, schedule or republish a story."""
+    """Publish, schedule or republish a story; 202 with the story and the event announced."""
     at = parse_at(body.at)
     view = await run_in_threadpool(_publish, story_id, body, at, caller.actor)
     return JSONResponse(view, status_code=202)
 
 
 def _publish(story_id: int, body: PublishRequest, at: datetime | None, actor: str) -> dict[str, Any]:
-    from sqlalchemy.orm.exc import StaleDataError
-
+    event: str | None = None
     try:
-        with session_scope() as session:
-            try:
-                outcome = service.publish_story(
-                    session, story_id=story_id, actor=actor, labels=body.labels, at=at,
-                    expected_version=body.expected_version, silent=body.silent, note=body.note,
-                )  # fmt: skip
-                event = outcome.event
-            except SkipEvent:
-                event = None
-            story = service.get_story(session, story_id)
-            return {**story_view(story), "event": event, "status_url": f"/v1/stories/{story_id}"}
-    except StaleDataError as error:
-        raise Conflict(f"story {story_id} changed while publishing; read it again") from error
+        with _writing(story_id) as session:
+            outcome = service.publish_story(
+                session, story_id=story_id, actor=actor, labels=body.labels, at=at,
+                expected_version=body.expected_version, silent=body.silent, note=body.note,
+            )  # fmt: skip
+            event = outcome.event
+            view = story_view(outcome.story)
+    except SkipEvent:
+        # Already published as asked (maybe by a concurrent request): nothing changed.
+        with session_scope(read_only=True) as session:
+            view = story_view(service.get_story(session, story_id))
+    return {**view, "event": event, "status_url": f"/v1/stories/{story_id}"}
 
 
 @router.post("/{story_id}/unpublish", status_code=202)
 def unpublish(story_id: int, body: UnpublishRequest, caller: EditorDep) -> JSONResponse:
-    """Take a story down from every page, feed and partner."""
-    with session_scope() as session:
-        outcome = service.unpublish_story(session, story_id=story_id, reason=body.reason, actor=caller.actor)
-        view = {**story_view(outcome.story), "event": outcome.event}
+    """Take a story down from every page, feed and partner (a second time changes nothing)."""
+    with _writing(story_id) as session:
+        outcome = service.unpublish_story(
+            session, story_id=story_id, reason=body.reason, actor=caller.actor,
+            expected_version=body.expected_version,
+        )  # fmt: skip
+        view = {**story_view(outcome.story), "event": outcome.event, "status_url": f"/v1/stories/{story_id}"}
     return JSONResponse(view, status_code=202)
