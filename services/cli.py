@@ -71,6 +71,10 @@ def cmd_scheduler(_args: argparse.Namespace) -> None:
         pass
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     import time
 
@@ -103,6 +107,9 @@ def cmd_up(args: argparse.Namespace) -> None:
 
         base = f"http://{args.host}:{args.port}"
         threading.Thread(target=run_demo, args=(base, server, started), name="demo", daemon=True).start()
+    # uvicorn re-raises the signal that stopped it; SIGTERM's default action would
+    # end this process before the worker is stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         server.run()
     finally:
