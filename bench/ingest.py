@@ -251,32 +251,21 @@ def _measure(fmt: str, posts: int, per_post: int = 1) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     """Items per second per worker process for every format, with the parse/sanitise/store split."""
-    from shared.config import reset_settings
-    from shared.db import dispose_engines
     from shared.migrate import upgrade
+    from tests.support import newsroom_environment
 
     posts = int(os.environ.get("NEWSROOM_BENCH_ITEMS", "300"))
     data_dir = tempfile.mkdtemp(prefix="newsroom-bench-ingest-")
-    saved = {key: os.environ.get(key) for key in ("NEWSROOM_DATA_DIR", "NEWSROOM_DATABASE_URL")}
-    os.environ["NEWSROOM_DATA_DIR"] = data_dir
-    os.environ["NEWSROOM_DATABASE_URL"] = f"sqlite:///{data_dir}/newsroom.db"
-    reset_settings()
-    dispose_engines()
+    env = {"NEWSROOM_DATA_DIR": data_dir, "NEWSROOM_DATABASE_URL": f"sqlite:///{data_dir}/newsroom.db"}
     try:
-        upgrade()
-        results: dict[str, Any] = {"database": "sqlite", "posts_per_round": posts, "rounds": ROUNDS}
-        for fmt in FORMATS:
-            results[fmt] = _measure(fmt, posts)
-        results["ninjs_array_of_20"] = _measure("ninjs", max(1, posts // 20), per_post=20)
-        results["target_ninjs_items_per_second"] = 300
-        results["meets_target"] = results["ninjs"]["items_per_second"] >= 300
-        return results
+        with newsroom_environment(env):
+            upgrade()
+            results: dict[str, Any] = {"database": "sqlite", "posts_per_round": posts, "rounds": ROUNDS}
+            for fmt in FORMATS:
+                results[fmt] = _measure(fmt, posts)
+            results["ninjs_array_of_20"] = _measure("ninjs", max(1, posts // 20), per_post=20)
+            results["target_ninjs_items_per_second"] = 300
+            results["meets_target"] = results["ninjs"]["items_per_second"] >= 300
+            return results
     finally:
-        dispose_engines()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
         shutil.rmtree(data_dir, ignore_errors=True)

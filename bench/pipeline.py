@@ -28,10 +28,9 @@ import httpx
 import redis as redis_lib
 from lxml import etree
 
-from shared.config import reset_settings
-from shared.db import dispose_engines, session_scope
-from shared.redis import reset_redis
+from shared.db import session_scope
 from tests.cluster import Cluster, OwnRedis
+from tests.support import newsroom_environment
 
 RATE = float(os.environ.get("BENCH_RATE", "50"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
@@ -245,8 +244,9 @@ def seed_archive(count: int) -> float:
     batch = 5000
     for offset in range(0, count, batch):
         rows = [
-            {"source_id": source_id, "guid": f"urn:archive:{n}", "slug": f"archive-{n}", "status": "published",
-             "revision": 2, "wire_version": 1, "content_hash": f"{n:064d}", "headline": f"Archived story {n}",
+            {"source_id": source_id, "guid": f"urn:archive:{n}", "slug": f"archive-{n}",
+             "status": "published", "revision": 2, "wire_version": 1, "content_hash": f"{n:064d}",
+             "headline": f"Archived story {n}",
              "lede": "An archived story.", "body_html": "<p>Archived.</p>", "body_text": "Archived.",
              "section": ("world", "business", "sport", "culture")[n % 4], "author_slug": f"author-{n % 50}",
              "published_at": now - timedelta(minutes=n), "created_at": now, "modified_at": now}
@@ -261,41 +261,27 @@ def run_backend(backend: str, database_url: str, directory: Path, *, archive: in
     """Start a cluster on one database, optionally seed an archive, and measure."""
     cluster = Cluster(directory, database_url)
     cluster.env.update({"NEWSROOM_LOG_LEVEL": "WARNING"})
-    saved = {key: os.environ.get(key) for key in cluster.env}
-    os.environ.update(cluster.env)
-    reset_settings()
-    dispose_engines()
-    reset_redis()
     from services.ingest.service import add_source
     from shared.migrate import upgrade
 
-    upgrade()
     result: dict[str, Any] = {}
-    if archive:
-        result["archive_stories"] = archive
-        result["archive_seed_s"] = seed_archive(archive)
-    cluster.start_all()
-    try:
-        with session_scope() as session:
-            source, token = add_source(session, name=f"bench-{secrets.token_hex(3)}", auto_publish=True)
-            name = source.name
-        result["steady"] = steady(cluster, name, token, rate=RATE, seconds=SECONDS)
-        result["sustained"] = sustained(cluster, name, token, posts=POSTS)
-        result["peak_rss_mb"] = {
-            part: peak_rss_mb(process.pid) for part, process in cluster.processes.items()
-        }
-        if cluster.redis.process:
-            result["peak_rss_mb"]["redis"] = peak_rss_mb(cluster.redis.process.pid)
-    finally:
-        cluster.stop_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
-        dispose_engines()
-        reset_redis()
+    with newsroom_environment(cluster.env):
+        upgrade()
+        if archive:
+            result["archive_stories"] = archive
+            result["archive_seed_s"] = seed_archive(archive)
+        cluster.start_all()
+        try:
+            with session_scope() as session:
+                source, token = add_source(session, name=f"bench-{secrets.token_hex(3)}", auto_publish=True)
+                name = source.name
+            result["steady"] = steady(cluster, name, token, rate=RATE, seconds=SECONDS)
+            result["sustained"] = sustained(cluster, name, token, posts=POSTS)
+            result["peak_rss_mb"] = {part: peak_rss_mb(p.pid) for part, p in cluster.processes.items()}
+            if cluster.redis.process:
+                result["peak_rss_mb"]["redis"] = peak_rss_mb(cluster.redis.process.pid)
+        finally:
+            cluster.stop_all()
     return result
 
 

@@ -23,9 +23,9 @@ import redis as redis_lib
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from shared.config import reset_settings
 from shared.db import dispose_engines
-from shared.redis import EmbeddedRedis, reset_redis
+from shared.redis import EmbeddedRedis
+from tests.support import newsroom_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -212,29 +212,17 @@ def pipeline(
         "NEWSROOM_SITE_URL": "http://newsroom.test",
         "NEWSROOM_LOG_LEVEL": "INFO",
     }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    reset_settings()
-    dispose_engines()
-    reset_redis()
-    empty_redis(redis_url)  # nothing queued by the other database's run
-    from shared.migrate import upgrade
+    with newsroom_environment(env):
+        empty_redis(redis_url)  # nothing queued by the other database's run
+        from shared.migrate import upgrade
 
-    upgrade()
-    running = Pipeline(env, data_dir)
-    running.start("worker", "worker", "-c", "2", "--loglevel", "INFO")
-    running.start("scheduler", "scheduler")
-    try:
-        yield running
-    finally:
-        for name in list(running.processes):
-            running.stop(name)
-        running.client.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
-        dispose_engines()
-        reset_redis()
+        upgrade()
+        running = Pipeline(env, data_dir)
+        running.start("worker", "worker", "-c", "2", "--loglevel", "INFO")
+        running.start("scheduler", "scheduler")
+        try:
+            yield running
+        finally:
+            for name in list(running.processes):
+                running.stop(name)
+            running.client.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -90,3 +93,29 @@ def ninjs_validator() -> Any:
                                         Resource.from_contents(geojson))  # fmt: skip
     cls = validator_for(schema)
     return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
+
+
+@contextmanager
+def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
+    """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it."""
+    from shared.config import reset_settings
+    from shared.db import dispose_engines
+    from shared.redis import reset_redis
+
+    def reset() -> None:
+        reset_settings()
+        dispose_engines()
+        reset_redis()
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    reset()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset()

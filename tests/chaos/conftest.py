@@ -9,7 +9,6 @@ delivered, a repeat always carrying the same webhook-id.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,12 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from shared.config import reset_settings
-from shared.db import dispose_engines, session_scope
+from shared.db import session_scope
 from shared.models import Delivery, Partner, Receipt, Revision, Story
-from shared.redis import reset_redis
 from tests.cluster import Cluster
-from tests.support import PartnerServer
+from tests.support import PartnerServer, newsroom_environment
 
 pytestmark = pytest.mark.chaos
 
@@ -45,28 +42,19 @@ def ninjs(guid: str, version: int = 1, headline: str | None = None) -> dict[str,
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A fresh pipeline on SQLite, with its own Redis; this process talks to the same database."""
-    running = Cluster(tmp_path, f"sqlite:///{tmp_path / 'newsroom.db'}")
-    saved = {key: os.environ.get(key) for key in running.env}
-    os.environ.update(running.env)
-    reset_settings()
-    dispose_engines()
-    reset_redis()
+    yield from _running(Cluster(tmp_path, f"sqlite:///{tmp_path / 'newsroom.db'}"))
+
+
+def _running(cluster: Cluster) -> Iterator[Cluster]:
     from shared.migrate import upgrade
 
-    upgrade()
-    running.start_all()
-    try:
-        yield running
-    finally:
-        running.stop_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
-        dispose_engines()
-        reset_redis()
+    with newsroom_environment(cluster.env):
+        upgrade()
+        cluster.start_all()
+        try:
+            yield cluster
+        finally:
+            cluster.stop_all()
 
 
 def setup_newsroom(*, auto_publish: bool = True) -> tuple[str, str, PartnerServer, str]:
@@ -153,27 +141,7 @@ def cluster_pg(tmp_path: Path) -> Iterator[Cluster]:
     from tests.conftest import _postgres_database
 
     databases = _postgres_database()
-    url = next(databases)
-    running = Cluster(tmp_path, url)
-    saved = {key: os.environ.get(key) for key in running.env}
-    os.environ.update(running.env)
-    reset_settings()
-    dispose_engines()
-    reset_redis()
-    from shared.migrate import upgrade
-
-    upgrade()
-    running.start_all()
     try:
-        yield running
+        yield from _running(Cluster(tmp_path, next(databases)))
     finally:
-        running.stop_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
-        dispose_engines()
-        reset_redis()
         next(databases, None)
