@@ -1,0 +1,132 @@
+"""Operating it: health, readiness, metrics, and secrets that never leak."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from services.syndicate.partners import add_partner
+from shared.db import session_scope
+from shared.models import Partner, Token
+from tests.conftest import Pipeline, wait_for
+from tests.support import PartnerServer, newsroom_environment
+
+pytestmark = pytest.mark.pipeline
+
+
+def _story(pipeline: Pipeline, name: str, wire: dict[str, str], headline: str) -> int:
+    item = {
+        "uri": f"urn:ops:{secrets.token_hex(4)}",
+        "headlines": [{"role": "main", "value": headline}],
+        "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Operations.</p>"}],
+    }
+    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
+                                  headers={**wire, "Content-Type": "application/ninjs+json"})  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    receipt = pipeline.wait_receipt(answer.json()["receipt"], wire)
+    return int(receipt["items"][0]["story_id"])
+
+
+def samples(pipeline: Pipeline) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The /metrics page parsed: metric sample name -> labels -> value."""
+    answer = pipeline.client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_health_and_readiness(pipeline: Pipeline) -> None:
+    assert pipeline.client.get("/healthz").json() == {"status": "ok"}
+    ready = pipeline.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+def test_readiness_names_the_failed_dependency(pipeline: Pipeline) -> None:
+    # A Redis that is not there: the database still answers, so only Redis is named.
+    with newsroom_environment({"NEWSROOM_REDIS_URL": "redis://127.0.0.1:1/0"}):
+        from fastapi.testclient import TestClient
+
+        from services.app import create_app
+
+        with TestClient(create_app()) as client:
+            answer = client.get("/readyz")
+    assert answer.status_code == 503
+    body = answer.json()
+    assert body["database"] == "ok"
+    assert body["redis"].startswith("failed")
+
+
+def test_metrics_after_a_run(pipeline: Pipeline) -> None:
+    name, wire = pipeline.source()
+    editor = pipeline.token("editor")
+    server = PartnerServer()
+    with session_scope() as session:
+        partner = add_partner(
+            session, name=f"ops-{secrets.token_hex(3)}", url=server.url, labels=["breaking"]
+        )
+        partner_name = partner.name
+    story_id = _story(pipeline, name, wire, "Metrics story")
+    answer = pipeline.client.post(
+        f"/v1/stories/{story_id}/publish", headers=editor, json={"labels": ["breaking"]}
+    )
+    assert answer.status_code == 202
+    wait_for(lambda: server.pushes, what="the push")
+
+    def counted() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
+        found = samples(pipeline)
+        sent = found.get("newsroom_deliveries_total", {}).get((("partner", partner_name), ("status", "sent")))
+        return found if sent == 1 else None
+
+    found = wait_for(counted, what="the delivery in /metrics")
+    received = found["newsroom_items_received_total"]
+    assert received[(("format", "ninjs"), ("source", name), ("status", "done"))] == 1
+    assert found["newsroom_stories"][(("status", "published"),)] >= 1
+    assert found["newsroom_feed_renders_total"][(("feed", "label/breaking"),)] >= 1
+    assert set(dict(k)["queue"] for k in found["newsroom_queue_depth"]) == {"ingest", "publish", "syndicate"}
+    assert "newsroom_publish_to_feed_seconds_count" in found
+    with session_scope() as session:
+        session.scalars(select(Partner).where(Partner.name == partner_name)).one().enabled = False
+    server.close()
+
+
+def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
+    name, wire = pipeline.source()
+    wire_token = wire["Authorization"].removeprefix("Bearer ")
+    editor = pipeline.token("editor")
+    editor_token = editor["Authorization"].removeprefix("Bearer ")
+    server = PartnerServer()
+    with session_scope() as session:
+        partner = add_partner(session, name=f"secret-{secrets.token_hex(3)}", url=server.url)
+        secret = partner.secret
+    story_id = _story(pipeline, name, wire, "Secrets story")
+    pipeline.client.post(f"/v1/stories/{story_id}/publish", headers=editor, json={})
+    wait_for(lambda: server.pushes, what="the push")
+    for log in ("worker", "scheduler"):
+        text = pipeline.log(log)
+        for value in (wire_token, editor_token, secret, secret.removeprefix("whsec_")):
+            assert value not in text, f"a secret is in the {log} log"
+    with session_scope(read_only=True) as session:
+        hashes = set(session.scalars(select(Token.token_hash)))
+    assert wire_token not in hashes
+    assert editor_token not in hashes
+    # Tokens are stored as SHA-256 hashes only.
+    import hashlib
+
+    assert hashlib.sha256(wire_token.encode()).hexdigest() in hashes
+    if pipeline.dialect == "sqlite":  # not anywhere in the database's files either
+        path = pipeline.env["NEWSROOM_DATABASE_URL"].removeprefix("sqlite:///")
+        raw = b"".join(Path(f).read_bytes() for f in (path, path + "-wal") if os.path.exists(f))
+        assert wire_token.encode() not in raw
+        assert editor_token.encode() not in raw
+    server.close()
