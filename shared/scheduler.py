@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
 PRUNE_EVERY = 600.0
+SLOW_TICK = 2.0
 
 
 def tick() -> list[str]:
@@ -76,7 +77,10 @@ def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) 
     while not stop.is_set():
         started = time.monotonic()
         try:
-            tick()
+            queued = tick()
+            took = time.monotonic() - started
+            if took > SLOW_TICK:
+                log.warning("scheduler tick took %.1fs (queued %s)", took, ", ".join(queued) or "nothing")
             if started - last_prune > PRUNE_EVERY:
                 last_prune = started
                 prune()

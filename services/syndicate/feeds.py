@@ -8,6 +8,7 @@ import html
 import json
 import mimetypes
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ _SLUG = re.compile(r"[^\W_]+(?:[-_][^\W_]+)*")
 # Characters XML 1.0 forbids, plus C1 controls, which validators flag as mis-decoded text.
 _NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _SPACES = re.compile(r"\s+")
+# feedgen writes RSS dates by switching the process-wide locale to C and back; two threads
+# doing that at once can leave it switched (or format under the wrong one), so RSS documents
+# are serialised one at a time per process. The switch happens only inside rss_str().
+_RSS_LOCALE_LOCK = threading.Lock()
 # Sections are few and slugify is slow next to the rest of a render.
 section_slug = functools.lru_cache(maxsize=1024)(slugify)
 
@@ -127,7 +132,8 @@ def render_feed(
     return RenderedFeed(
         body=body,
         etag=f'"{hashlib.sha256(body).hexdigest()}"',
-        last_modified=channel.updated,
+        # HTTP dates carry whole seconds.
+        last_modified=channel.updated.replace(microsecond=0),
         media_type=MEDIA_TYPES[fmt],
     )
 
@@ -200,7 +206,9 @@ class _Channel:
 
 def _item(story: Story, settings: Settings) -> _Item:
     published = _published(story)
-    updated = _utc(story.updated_at) if story.updated_at else published
+    # Atom's `updated` keeps fractions of a second, so that an update in the same second as
+    # the publish (or an earlier update) still moves it.
+    updated = _utc(story.updated_at, whole_seconds=False) if story.updated_at else published
     scheme = f"{settings.site_url}/feeds"
     categories: list[_Category] = []
     if story.section and (section := section_slug(story.section)):
@@ -276,11 +284,11 @@ def _published(story: Story) -> datetime:
     return EMPTY_FEED_UPDATED if moment is None else _utc(moment)
 
 
-def _utc(moment: datetime) -> datetime:
-    # Whole seconds: HTTP dates cannot carry more, so Last-Modified matches the documents.
+def _utc(moment: datetime, *, whole_seconds: bool = True) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(microsecond=0)
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=0) if whole_seconds else moment
 
 
 def _summary(story: Story) -> str:
@@ -447,7 +455,11 @@ def _xml_feed(channel: _Channel, fmt: FeedFormat, items: Sequence[_Item]) -> byt
         generator.language(channel.language)
     for item in items:
         _add_entry(generator, item, rss=rss)
-    body: bytes = generator.rss_str() if rss else generator.atom_str()
+    if rss:
+        with _RSS_LOCALE_LOCK:
+            body: bytes = generator.rss_str()
+    else:
+        body = generator.atom_str()
     return body
 
 

@@ -1,4 +1,15 @@
-"""Syndicate: which stories each feed shows, rendering once per burst, serving, exporting."""
+"""Syndicate: which stories each feed shows, rendering once per burst, serving, exporting.
+
+A change marks the feeds it touches dirty (``feeds.dirty_at``, in the database). Render
+rounds render the dirty feeds (``all`` first, then the feeds rendered longest ago, for
+about ``ROUND_BUDGET`` each) and store their bytes. The first change after a round began
+schedules the next one, ``round_spacing()`` after it: close behind the changes at the rates
+the pipeline is sized for, further apart in a burst. A feed's flag is cleared only when a
+render that saw its last change is stored, and the scheduler's sweep starts a round while
+any feed stays dirty, so a lost message or a dead worker delays a feed but never loses a
+change. Redis holds only the timing (when the last round began, whether one is scheduled,
+the change rate) and a lock per feed.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +17,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +31,50 @@ from services.syndicate.feeds import (
     FEED_FORMATS,
     LABELS,
     FeedKey,
+    RenderedFeed,
     feed_keys_for,
+    feed_url,
     parse_feed_name,
     render_feed,
     render_news_sitemap,
     section_slug,
 )
 from shared.config import get_settings
-from shared.db import session_scope
+from shared.db import after_commit, session_scope
 from shared.events import emit
+from shared.metrics import observe_publish_to_feed
 from shared.models import Feed, FeedDocument, Story, StoryLabel, StoryTag, utcnow
 from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
 
-RENDER_LOCK = "newsroom:lock:feeds"
-RENDER_AGAIN = "newsroom:feeds:again"
+# A lock per feed (this prefix and the name): one renderer at a time for each.
+RENDER_LOCK = "newsroom:lock:feed"
+# Set while a render round is scheduled; whoever sets it schedules the round.
+ROUND_PENDING = "newsroom:feeds:round-pending"
+# When the last round began (unix seconds).
+LAST_ROUND = "newsroom:feeds:last-round"
+# Feed names whose stored documents changed, for the API's in-memory copies.
+FEEDS_CHANNEL = "newsroom:feeds:changed"
+
+# The first change after a quiet spell waits this long for the rest of its burst.
+FIRST_GATHER = 0.05
+# Up to FOLLOW_RATE story changes a second, rounds begin ROUND_SPACING apart, so a change
+# reaches its feeds within about that long. Faster than that the pipeline is in a burst:
+# a round then waits to carry about CHANGES_PER_BURST_ROUND changes (up to
+# MAX_ROUND_SPACING), so a burst of 200 publishes renders each feed about 8 times.
+FOLLOW_RATE = 60.0
+ROUND_SPACING = 0.12
+CHANGES_PER_BURST_ROUND = 25
+MAX_ROUND_SPACING = 1.0
+CHANGES = "newsroom:feeds:changes"
+# A scheduled round that never ran (its worker died) stops blocking new ones after this.
+PENDING_TTL_MS = 3000
+RENDER_LOCK_TIMEOUT = 120
+ROUND_LIMIT = 1000
+# Seconds of rendering a round does before it leaves the rest of the dirty feeds to the next.
+ROUND_BUDGET = 0.1
+SITEMAP_WINDOW = timedelta(hours=48)
 
 
 def keys_from_membership(membership: dict[str, Any]) -> list[FeedKey]:
@@ -49,16 +89,17 @@ def keys_from_membership(membership: dict[str, Any]) -> list[FeedKey]:
     return keys
 
 
-def _upsert(session: Session) -> Any:
+def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
-    """Flag feeds for rendering; the renderer picks them up once per burst."""
+    """Flag feeds for rendering; the next round renders each of them once."""
+    # Sorted, so that concurrent markers lock the rows in one order.
     names = sorted({key.name for key in keys})
     now = utcnow()
     for name in names:
-        statement = _upsert(session)(Feed).values(key=name, dirty_at=now, renders=0)
+        statement = _insert(session)(Feed).values(key=name, dirty_at=now, renders=0)
         session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"dirty_at": now}))
     return names
 
@@ -76,7 +117,8 @@ def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
     """The newest published stories of a feed, by published_at."""
     query = select(Story).where(Story.status == "published")
     if key.kind == "section":
-        query = query.where(Story.section.ilike(key.value or ""))
+        # Ingest and publish store sections as slugs: the (section, published_at) index answers.
+        query = query.where(Story.section == key.value)
     elif key.kind == "author":
         query = query.where(Story.author_slug == key.value)
     elif key.kind == "tag":
@@ -87,147 +129,316 @@ def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
     return list(session.scalars(query))
 
 
-def render_and_store(session: Session, key: FeedKey) -> list[FeedDocument]:
-    """Render a feed in every format and store the bytes; return the documents that changed."""
+# ---------------------------------------------------------------------------------------------
+# Rendering and storing one feed
+
+
+def render_documents(key: FeedKey, stories: Sequence[Story]) -> dict[str, RenderedFeed]:
+    """The feed in every format."""
     settings = get_settings()
-    stories = stories_for(session, key, limit=settings.feed_size)
+    return {fmt: render_feed(key, fmt, stories, settings=settings) for fmt in FEED_FORMATS}  # type: ignore[arg-type]
+
+
+def store_documents(
+    session: Session, key: FeedKey, rendered: dict[str, RenderedFeed], *, snapshot: datetime
+) -> list[FeedDocument]:
+    """Store the documents that changed; return them.
+
+    ``snapshot`` is when the stories were read: a document stored from a later read is
+    never replaced by this one. Last-Modified never goes back for a feed, even when its
+    newest story leaves it, so If-Modified-Since stays right.
+    """
     changed = []
-    for fmt in FEED_FORMATS:
-        rendered = render_feed(key, fmt, stories, settings=settings)  # type: ignore[arg-type]
-        document = session.get(FeedDocument, (key.name, fmt))
-        if document is not None and document.etag == rendered.etag:
+    now = utcnow().replace(microsecond=0)
+    for fmt, feed in rendered.items():
+        document = session.get(FeedDocument, (key.name, fmt), with_for_update=True)
+        if document is not None and (document.rendered_at > snapshot or document.etag == feed.etag):
             continue
+        last_modified = feed.last_modified
         if document is None:
             document = FeedDocument(key=key.name, format=fmt)
             session.add(document)
-        document.body = rendered.body
-        document.etag = rendered.etag
-        document.last_modified = rendered.last_modified
-        document.rendered_at = utcnow()
+        elif last_modified <= document.last_modified:
+            last_modified = max(document.last_modified + timedelta(seconds=1), now)
+        document.body = feed.body
+        document.etag = feed.etag
+        document.last_modified = last_modified
+        document.rendered_at = snapshot
         changed.append(document)
-    session.execute(update(Feed).where(Feed.key == key.name).values(renders=Feed.renders + 1,
-                                                                    rendered_at=utcnow()))  # fmt: skip
     return changed
 
 
-def render_round(limit: int = 500) -> int:
-    """Render every dirty feed once; returns how many feeds were rendered."""
+def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
+    """Render one feed from the database and store it; return the formats that changed.
+
+    ``seen`` is the dirty mark this render answers: the flag is cleared only if no change
+    marked the feed again meanwhile, and only once the documents are stored, so a render
+    that dies half-way leaves the feed dirty for the next round.
+    """
+    key = parse_feed_name(name)
+    if key is None:
+        with session_scope() as session:
+            session.execute(update(Feed).where(Feed.key == name).values(dirty_at=None))
+        log.warning("feed %s: not a feed name; flag cleared", name)
+        return []
+    settings = get_settings()
+    snapshot = utcnow()
+    with session_scope(read_only=True) as session:
+        previous_render = session.scalar(select(Feed.rendered_at).where(Feed.key == name))
+        stories = stories_for(session, key, limit=settings.feed_size)
+        rendered = render_documents(key, stories)
+        fresh = _fresh_changes(stories, since=previous_render) if key.kind == "all" else []
+    with session_scope() as session:
+        changed = store_documents(session, key, rendered, snapshot=snapshot)
+        session.execute(
+            _insert(session)(Feed).values(key=name, renders=0).on_conflict_do_nothing(index_elements=["key"])
+        )
+        session.execute(update(Feed).where(Feed.key == name)
+                        .values(renders=Feed.renders + 1, rendered_at=snapshot))  # fmt: skip
+        if seen is not None:
+            session.execute(update(Feed).where(Feed.key == name, Feed.dirty_at == seen).values(dirty_at=None))
+        formats = [document.format for document in changed]
+        if changed and settings.hubs:
+            urls = [feed_url(key, fmt, settings=settings) for fmt in formats]  # type: ignore[arg-type]
+            emit(session, "syndicate.ping_hubs", urls=urls)
+        if changed:
+            after_commit(session, lambda: _announce_stored(name))
+    if changed:
+        _observe_latency(fresh, stored_at=utcnow())
+    log.info("feed %s rendered from %d stories; changed: %s", name, len(stories), ",".join(formats) or "none")
+    return formats
+
+
+def _fresh_changes(stories: Sequence[Story], *, since: datetime | None) -> list[datetime]:
+    """When the stories changed that were not in the feed's previous render."""
+    if since is None:
+        return []
+    moments = [max(filter(None, (story.published_at, story.updated_at))) for story in stories]
+    return [moment for moment in moments if moment > since]
+
+
+def _observe_latency(changes: list[datetime], *, stored_at: datetime) -> None:
+    try:
+        for moment in changes:
+            observe_publish_to_feed(max(0.0, (stored_at - moment).total_seconds()))
+    except Exception as error:  # a metric never fails a render
+        log.warning("publish-to-feed latency not recorded: %s", error)
+
+
+def _announce_stored(name: str) -> None:
+    try:
+        get_redis().publish(FEEDS_CHANNEL, name)
+    except Exception as error:  # readers' copies expire on their own
+        log.warning("feed %s: change not announced to the API: %s", name, error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Render rounds: once per burst
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """What a render round did, and when the caller should try again (seconds), if at all."""
+
+    rendered: int
+    retry_in: float | None = None
+
+
+def note_change() -> None:
+    """Count a story change, for the rate that sets the rounds' spacing."""
+    second = int(time.time())
+    pipe = get_redis().pipeline()
+    pipe.incr(f"{CHANGES}:{second}")
+    pipe.expire(f"{CHANGES}:{second}", 5)
+    pipe.execute()
+
+
+def change_rate() -> float:
+    """Story changes in about the last second (a sliding window over two counters)."""
+    now = time.time()
+    second = int(now)
+    current, previous = get_redis().mget(f"{CHANGES}:{second}", f"{CHANGES}:{second - 1}")
+    return int(current or 0) + int(previous or 0) * (1 - (now - second))
+
+
+def round_spacing() -> float:
+    """How far apart rounds begin: close behind the changes, unless they come in a burst."""
+    rate = change_rate()
+    if rate <= FOLLOW_RATE:
+        return ROUND_SPACING
+    return min(MAX_ROUND_SPACING, max(ROUND_SPACING, CHANGES_PER_BURST_ROUND / rate))
+
+
+def claim_round() -> float | None:
+    """If no round is scheduled, claim the scheduling of the next one; return its delay."""
+    redis = get_redis()
+    if not redis.set(ROUND_PENDING, 1, nx=True, px=PENDING_TTL_MS):
+        return None
+    return max(FIRST_GATHER, _until_next_round())
+
+
+def _until_next_round() -> float:
+    last = get_redis().get(LAST_ROUND)
+    if last is None:
+        return 0.0
+    return float(last) + round_spacing() - time.time()
+
+
+def run_round(*, scheduled: bool) -> RoundOutcome:
+    """Render the dirty feeds, unless a round began too recently.
+
+    ``scheduled`` rounds were claimed by a change (``claim_round``) and reschedule
+    themselves until they run; the scheduler's sweeps (not scheduled) step aside for
+    a scheduled round and only make sure one exists. Rounds may overlap in different
+    processes: each feed is rendered by one of them at a time.
+    """
+    redis = get_redis()
+    if not scheduled and redis.exists(ROUND_PENDING):
+        return RoundOutcome(0)
+    wait = _until_next_round()
+    if wait > 0:
+        if scheduled:
+            redis.set(ROUND_PENDING, 1, px=PENDING_TTL_MS)
+            return RoundOutcome(0, retry_in=wait)
+        return RoundOutcome(0, retry_in=claim_round())
+    # Changes from here on schedule the next round; earlier ones are read by this one.
+    if scheduled:
+        redis.delete(ROUND_PENDING)
+    redis.set(LAST_ROUND, repr(time.time()), ex=60)
+    rendered, unfinished = render_dirty()
+    return RoundOutcome(rendered, retry_in=claim_round() if unfinished else None)
+
+
+def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> tuple[int, bool]:
+    """Render dirty feeds for about ``budget`` seconds; return how many, and whether any are left.
+
+    ``all`` goes first, then the feeds rendered longest ago, so that in a long burst every
+    feed takes its turn while ``all``, the feed most readers poll, stays fresh.
+    """
+    started = time.monotonic()
     with session_scope(read_only=True) as session:
         dirty = list(session.execute(
-            select(Feed.key, Feed.dirty_at).where(Feed.dirty_at.is_not(None)).limit(limit)
-        ))  # fmt: skip
-    hubs = get_settings().hubs
-    for name, seen in dirty:
-        key = parse_feed_name(name)
-        with session_scope() as session:
-            # Clear only the flag we saw: a change during the render flags it again.
-            session.execute(update(Feed).where(Feed.key == name, Feed.dirty_at == seen).values(dirty_at=None))
-            if key is None:
-                continue
-            changed = render_and_store(session, key)
-            if changed and hubs:
-                site = get_settings().site_url
-                urls = [f"{site}/feeds/{name}.{doc.format}" for doc in changed]
-                emit(session, "syndicate.ping_hubs", urls=urls)
-    return len(dirty)
-
-
-def render_dirty(*, debounce: float = 0.1, max_seconds: float = 30.0) -> int:
-    """Render dirty feeds until none are left; one renderer at a time, others just flag."""
+            select(Feed.key, Feed.dirty_at).where(Feed.dirty_at.is_not(None))
+            .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key).limit(limit)
+        ).tuples())  # fmt: skip
+    dirty.sort(key=lambda row: row[0] != "all")
     redis = get_redis()
-    # Flag before trying the lock: the holder checks the flag after it lets go.
-    redis.set(RENDER_AGAIN, 1, ex=300)
-    total = 0
-    deadline = time.monotonic() + max_seconds
-    while redis.get(RENDER_AGAIN) and time.monotonic() < deadline:
-        lock = redis.lock(RENDER_LOCK, timeout=max_seconds + 30, blocking=False)
+    rendered, unfinished = 0, False
+    for name, seen in dirty:
+        if rendered and time.monotonic() - started > budget:
+            return rendered, True
+        lock = redis.lock(f"{RENDER_LOCK}:{name}", timeout=RENDER_LOCK_TIMEOUT, blocking=False)
         if not lock.acquire(blocking=False):
-            return total
+            unfinished = True  # another round is rendering it; its flag says if it must go again
+            continue
         try:
-            while time.monotonic() < deadline:
-                redis.delete(RENDER_AGAIN)
-                started = time.monotonic()
-                rendered = render_round()
-                total += rendered
-                if not rendered:
-                    break
-                # Let a burst of changes gather, so each feed renders once per burst.
-                time.sleep(max(0.0, debounce - (time.monotonic() - started)))
+            render_feed_now(name, seen=seen)
+            rendered += 1
+        except Exception:  # the flag stays set: the next round tries again
+            log.exception("feed %s: render failed", name)
         finally:
             try:
                 lock.release()
-            except Exception:  # the lock timed out; correctness never depends on it
-                log.warning("feed render lock expired before release")
-    return total
+            except Exception:  # it timed out; the dirty flag keeps the work
+                log.warning("feed %s: render lock expired before release", name)
+    return rendered, unfinished
 
 
-def stored_document(session: Session, name: str, fmt: str) -> FeedDocument | None:
+# ---------------------------------------------------------------------------------------------
+# Serving and exporting
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFeed:
+    """A stored feed document, detached from its session."""
+
+    name: str
+    format: str
+    body: bytes
+    etag: str
+    last_modified: datetime
+
+
+def _stored(document: FeedDocument) -> StoredFeed:
+    return StoredFeed(document.key, document.format, bytes(document.body), document.etag,
+                      document.last_modified)  # fmt: skip
+
+
+def stored_document(session: Session, name: str, fmt: str) -> StoredFeed | None:
     """A feed as last rendered, if it was."""
     key = parse_feed_name(name)
     if key is None or fmt not in FEED_FORMATS:
         return None
-    return session.get(FeedDocument, (key.name, fmt))
+    document = session.get(FeedDocument, (key.name, fmt))
+    return None if document is None else _stored(document)
 
 
-def get_document(session: Session, name: str, fmt: str) -> FeedDocument | None:
-    """A stored feed, rendering it on first request if it shows any story (or is ``all``)."""
+def load_document(name: str, fmt: str) -> StoredFeed | None:
+    """A stored feed; rendered on first request if it shows any story (or is ``all``)."""
     key = parse_feed_name(name)
     if key is None or fmt not in FEED_FORMATS:
         return None
-    document = session.get(FeedDocument, (key.name, fmt))
-    if document is not None:
-        return document
-    if key.kind != "all" and not stories_for(session, key, limit=1):
-        return None
-    mark_dirty(session, [key])
-    session.flush()
-    render_and_store(session, key)
-    session.execute(update(Feed).where(Feed.key == key.name).values(dirty_at=None))
-    return session.get(FeedDocument, (key.name, fmt))
+    with session_scope(read_only=True) as session:
+        document = stored_document(session, key.name, fmt)
+        if document is not None:
+            return document
+        if key.kind != "all" and not stories_for(session, key, limit=1):
+            return None
+    render_feed_now(key.name, seen=None)
+    with session_scope(read_only=True) as session:
+        return stored_document(session, key.name, fmt)
 
 
 def sitemap(session: Session, *, now: datetime | None = None) -> bytes:
     """The Google News sitemap: stories published in the last 48 hours."""
-    from datetime import timedelta
-
     now = now or utcnow()
     stories = session.scalars(
-        select(Story).where(Story.status == "published", Story.published_at >= now - timedelta(hours=48))
-        .order_by(Story.published_at.desc()).limit(1000)
+        select(Story).where(Story.status == "published", Story.published_at >= now - SITEMAP_WINDOW)
+        .order_by(Story.published_at.desc(), Story.id.desc()).limit(1000)
     ).all()  # fmt: skip
     return render_news_sitemap(stories, settings=get_settings())
 
 
 def export_feeds(directory: Path) -> list[Path]:
-    """Write every stored feed under ``directory`` atomically (temp file, then rename)."""
+    """Write every feed and the news sitemap under ``directory``, each atomically."""
     written = []
     with session_scope(read_only=True) as session:
-        names = list(session.scalars(select(Feed.key)))
-    for name in ["all", *[n for n in names if n != "all"]]:
-        with session_scope() as session:
-            for fmt in FEED_FORMATS:
-                document = get_document(session, name, fmt)
-                if document is None:
-                    continue
-                target = directory / "feeds" / f"{name}.{fmt}"
-                _atomic_write(target, document.body)
-                written.append(target)
+        names = set(session.scalars(select(Feed.key))) | set(session.scalars(select(FeedDocument.key)))
+    for name in ["all", *sorted(names - {"all"})]:
+        if parse_feed_name(name) is None:
+            continue
+        for fmt in FEED_FORMATS:
+            document = load_document(name, fmt)
+            if document is None:
+                continue
+            target = directory / "feeds" / f"{name}.{fmt}"
+            _atomic_write(target, document.body, modified=document.last_modified)
+            written.append(target)
     with session_scope(read_only=True) as session:
         target = directory / "sitemaps" / "news.xml"
         _atomic_write(target, sitemap(session))
         written.append(target)
+    log.info("exported %d files to %s", len(written), directory)
     return written
 
 
-def _atomic_write(target: Path, body: bytes) -> None:
+def _atomic_write(target: Path, body: bytes, *, modified: datetime | None = None) -> None:
+    """Write ``body`` to a temporary file beside ``target``, then rename it over ``target``.
+
+    A web server reading ``target`` sees the old file or the new one, never half of one.
+    The file's mtime is the document's Last-Modified, so nginx sends the same header.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(body)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, 0o644)
+        if modified is not None:
+            stamp = modified.timestamp()
+            os.utime(temp, (stamp, stamp))
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

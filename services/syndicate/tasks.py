@@ -1,4 +1,4 @@
-"""Syndicate's Celery tasks: thin wrappers over the service and partner delivery."""
+"""Syndicate's Celery tasks: thin wrappers over the feed service and partner delivery."""
 
 from __future__ import annotations
 
@@ -6,36 +6,65 @@ import logging
 from typing import Any
 
 import httpx
-from tenacity import retry, stop_after_attempt, wait_exponential
+from celery.signals import worker_process_shutdown
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from services.syndicate import partners, service
-from shared.celery import newsroom_task, send_task
+from services.syndicate.outbound import drain_outbound, get_outbound
+from shared.celery import app, newsroom_task, send_task
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import utcnow
+from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
+
+HUB_TIMEOUT = 10.0
+# A delivery queued by a sweep is not queued again by the next few sweeps.
+SWEEP_QUEUED_SECONDS = 5
 
 
 @newsroom_task("syndicate.story_changed")
 def story_changed(story_id: int, revision: int, event: str, previous: dict[str, Any]) -> None:
-    """Flag the feeds a changed story was or is in, then render them."""
+    """Flag the feeds a changed story was or is in, and make sure a render round follows."""
     with session_scope() as session:
         names = service.story_changed(session, story_id=story_id, previous=previous)
-    log.info("story %s r%s %s: feeds %s", story_id, revision, event, ", ".join(names))
-    service.render_dirty()
+    log.info("story %s r%s %s: feeds %s dirty", story_id, revision, event, ", ".join(names))
+    service.note_change()
+    _schedule_round(service.claim_round())
 
 
 @newsroom_task("syndicate.render_feeds")
-def render_feeds() -> None:
-    """Render every dirty feed (the scheduler's sweep)."""
-    service.render_dirty()
+def render_feeds(scheduled: bool = False) -> None:
+    """A render round: every dirty feed once (scheduled after a change, or by the sweep)."""
+    outcome = service.run_round(scheduled=scheduled)
+    if outcome.rendered:
+        log.info("render round: %d feeds", outcome.rendered)
+    _schedule_round(outcome.retry_in)
+
+
+def _schedule_round(delay: float | None) -> None:
+    if delay is None:
+        return
+    # A short countdown, not a long one: if it is lost, the scheduler's sweep renders.
+    app.send_task("syndicate.render_feeds", kwargs={"scheduled": True}, countdown=max(0.0, delay),
+                  expires=30)  # fmt: skip
 
 
 @newsroom_task("syndicate.deliver")
 def deliver(delivery_id: str) -> None:
-    """One attempt at a partner delivery."""
-    partners.deliver(delivery_id)
+    """Claim an attempt at a partner delivery and send it on this process's outbound loop."""
+    # The sweep may queue it again from now on (a delivery put back for a busy partner).
+    get_redis().delete(_queued_key(delivery_id))
+    attempt = partners.claim(delivery_id, now=utcnow())
+    if isinstance(attempt, str):
+        log.info("delivery %s: %s", delivery_id, attempt)
+        return
+
+    async def send(client: httpx.AsyncClient) -> None:
+        await partners.complete(client, attempt)
+
+    get_outbound().submit(send, what=f"delivery {delivery_id} attempt {attempt.number}")
 
 
 @newsroom_task("syndicate.sweep_deliveries")
@@ -43,20 +72,44 @@ def sweep_deliveries() -> None:
     """Queue an attempt for each delivery whose next attempt is due."""
     with session_scope(read_only=True) as session:
         due = partners.due_deliveries(session, now=utcnow())
+    redis = get_redis()
     for delivery_id in due:
-        send_task("syndicate.deliver", {"delivery_id": delivery_id})
+        # Sweeps come every half second; one queued attempt per delivery is enough.
+        if redis.set(_queued_key(delivery_id), 1, nx=True, ex=SWEEP_QUEUED_SECONDS):
+            send_task("syndicate.deliver", {"delivery_id": delivery_id})
+
+
+def _queued_key(delivery_id: str) -> str:
+    return f"newsroom:delivery:{delivery_id}:queued"
 
 
 @newsroom_task("syndicate.ping_hubs")
 def ping_hubs(urls: list[str]) -> None:
-    """Tell every WebSub hub that these feeds changed."""
+    """Tell every WebSub hub that these feeds changed (on the outbound loop, so a slow hub waits alone)."""
     for hub in get_settings().hubs:
         for url in urls:
-            _ping(hub, url)
+
+            async def ping(client: httpx.AsyncClient, hub: str = hub, url: str = url) -> None:
+                await _ping(client, hub, url)
+
+            get_outbound().submit(ping, what=f"hub {hub} ping for {url}")
 
 
-@retry(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
-def _ping(hub: str, url: str) -> None:
-    response = httpx.post(hub, data={"hub.mode": "publish", "hub.topic": url, "hub.url": url}, timeout=10)
-    response.raise_for_status()
+async def _ping(client: httpx.AsyncClient, hub: str, url: str) -> None:
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(3),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        retry=retry_if_exception_type(httpx.HTTPError),
+        reraise=True,
+    ):
+        with attempt:
+            response = await client.post(hub, data={"hub.mode": "publish", "hub.topic": url, "hub.url": url},
+                                         timeout=HUB_TIMEOUT)  # fmt: skip
+            response.raise_for_status()
     log.info("hub %s told of %s: %s", hub, url, response.status_code)
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _finish_outbound(**_: Any) -> None:
+    # A delivery cut off here is tried again when its lease ends; hub pings are best effort.
+    drain_outbound(timeout=5.0)

@@ -88,7 +88,8 @@ def stories() -> list[Story]:
         section="World",
         language="uk",
         published_at=T0,
-        updated_at=T0 + timedelta(hours=3),
+        # Atom's updated keeps fractions of a second.
+        updated_at=T0 + timedelta(hours=3, microseconds=250000),
         tags=[StoryTag(slug="kyiv", name="Київ")],
         labels=[StoryLabel(label="opinion"), StoryLabel(label="updated")],
         picture={

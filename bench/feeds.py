@@ -1,0 +1,435 @@
+"""Feeds: render time, serving rate of stored feeds, and renders per feed in a burst.
+
+Measures, on this machine, in one run (its own data dir, SQLite, an embedded Redis):
+- render time of a 50-entry feed in each format (in this process, best and median of many);
+- GET of a stored feed through the real app under uvicorn, with 16 concurrent keep-alive
+  clients, as 200s and as 304s, beside a bare ASGI app serving the same bytes under the
+  same uvicorn in the same run (target: the feed at no less than half the bare rate);
+- a burst of 200 publishes (each its own transaction, as fast as they come) through a real
+  worker and scheduler: renders per affected feed (target: at most 10) and the time from
+  each publish to its story in the stored `all` feed; then the same 200 paced at 50 per second.
+
+`python -m bench feeds`; BENCH_FEEDS_SECONDS (default 4) sets each GET measurement's length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GET_SECONDS = float(os.environ.get("BENCH_FEEDS_SECONDS", "4"))
+CLIENTS = 16
+BURST = 200
+PACED_RATE = 50.0
+BODY = "".join(f"<p>Paragraph {i}: Київ &amp; Львів, <a href='https://example.org/{i}'>a link</a>, "
+               f"<strong>emphasis</strong> 🎉 and enough words to weigh about four kilobytes.</p>"
+               for i in range(22))  # fmt: skip
+SECTIONS = ("World", "Economy", "Culture & Arts", "Світ", "Sport")
+TAGS = tuple(f"Tag {n}" for n in range(20))
+AUTHORS = tuple(f"Author {n}" for n in range(10))
+
+BARE_APP = """
+import os
+
+BODY = open(os.environ["BENCH_BODY"], "rb").read()
+ETAG = os.environ["BENCH_ETAG"].encode()
+OK = [(b"content-type", b"application/atom+xml; charset=utf-8"), (b"etag", ETAG),
+      (b"content-length", str(len(BODY)).encode())]
+NOT_MODIFIED = [(b"etag", ETAG)]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if dict(scope["headers"]).get(b"if-none-match") == ETAG:
+        await send({"type": "http.response.start", "status": 304, "headers": NOT_MODIFIED})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": OK})
+    await send({"type": "http.response.body", "body": BODY})
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of seconds, in milliseconds."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# ---------------------------------------------------------------------------------------------
+# Render time
+
+
+def render_times() -> dict[str, Any]:
+    """Milliseconds to render a 50-entry feed, per format."""
+    from services.syndicate.feeds import FEED_FORMATS, FeedKey, render_feed
+    from shared.config import Settings
+    from shared.models import Story, StoryLabel, StoryTag
+
+    settings = Settings(site_url="https://news.example.com", websub_hubs="https://hub.example.com/")
+    now = datetime(2025, 7, 18, 16, 16, tzinfo=UTC)
+    stories = [
+        Story(id=n, slug=f"story-{n}", revision=2, headline=f"Київ & <Львів>: story {n} 🎉",
+              lede="Лід: a < b & c 🎉", body_html=BODY, body_text=BODY, author_name=AUTHORS[n % 10],
+              author_slug=f"author-{n % 10}", section=SECTIONS[n % 5], language="uk",
+              published_at=now - timedelta(minutes=n), updated_at=now if n % 3 == 0 else None,
+              tags=[StoryTag(slug=f"tag-{n % 20}", name=TAGS[n % 20])],
+              labels=[StoryLabel(label="exclusive")] if n % 4 == 0 else [],
+              picture={"url": f"https://cdn.example.com/{n}.jpg", "media_type": "image/jpeg", "size": 1000})
+        for n in range(50)
+    ]  # fmt: skip
+    results: dict[str, Any] = {}
+    for fmt in FEED_FORMATS:
+        for _ in range(5):
+            render_feed(FeedKey("all"), fmt, stories, settings=settings)  # type: ignore[arg-type]
+        times = []
+        for _ in range(60):
+            started = time.perf_counter()
+            feed = render_feed(FeedKey("all"), fmt, stories, settings=settings)  # type: ignore[arg-type]
+            times.append(time.perf_counter() - started)
+        results[fmt] = {
+            "best_ms": round(min(times) * 1000, 2),
+            "median_ms": round(statistics.median(times) * 1000, 2),
+            "bytes": len(feed.body),
+        }
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+async def _client(host: str, port: int, request: bytes, stop: float, counts: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            counts[status] = counts.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+def load(port: int, path: str, *, headers: dict[str, str] | None = None, seconds: float) -> dict[str, Any]:
+    """Requests per second from CLIENTS keep-alive connections for ``seconds``."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    async def main(duration: float) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        stop = time.perf_counter() + duration
+        await asyncio.gather(*(_client("127.0.0.1", port, request, stop, counts) for _ in range(CLIENTS)))
+        return counts
+
+    runner = _event_loop_runner()
+    runner(main(0.5))  # warm up connections, caches and the server's threads
+    started = time.perf_counter()
+    counts = runner(main(seconds))
+    elapsed = time.perf_counter() - started
+    return {"requests_per_second": round(sum(counts.values()) / elapsed), "statuses": counts}
+
+
+def _event_loop_runner() -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+@contextmanager
+def uvicorn(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[None]:
+    """An app under uvicorn (one process, its default loop and parser), until the block ends."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log", "--lifespan", "off"],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{app} did not start; see {log}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def serving(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Stored feed through the app vs. the same bytes from a bare ASGI app."""
+    import httpx
+
+    app_port, bare_port = free_port(), free_port()
+    results: dict[str, Any] = {"clients": CLIENTS, "seconds": GET_SECONDS}
+    with uvicorn("services.app:app", app_port, env, data_dir / "api.log"):
+        first = httpx.get(f"http://127.0.0.1:{app_port}/feeds/all.atom")
+        assert first.status_code == 200, first.text
+        etag = first.headers["etag"]
+        (data_dir / "all.atom").write_bytes(first.content)
+        results["feed_bytes"] = len(first.content)
+        results["feed_200"] = load(app_port, "/feeds/all.atom", seconds=GET_SECONDS)
+        results["feed_304"] = load(app_port, "/feeds/all.atom", headers={"If-None-Match": etag},
+                                   seconds=GET_SECONDS)  # fmt: skip
+    (data_dir / "bare_app.py").write_text(BARE_APP)
+    bare_env = {**env, "BENCH_BODY": str(data_dir / "all.atom"), "BENCH_ETAG": etag,
+                "PYTHONPATH": str(data_dir)}  # fmt: skip
+    with uvicorn("bare_app:app", bare_port, bare_env, data_dir / "bare.log"):
+        results["bare_200"] = load(bare_port, "/", seconds=GET_SECONDS)
+        results["bare_304"] = load(bare_port, "/", headers={"If-None-Match": etag}, seconds=GET_SECONDS)
+    ratio = results["feed_200"]["requests_per_second"] / results["bare_200"]["requests_per_second"]
+    results["feed_to_bare_200"] = round(ratio, 2)
+    results["feed_to_bare_304"] = round(results["feed_304"]["requests_per_second"]
+                                        / results["bare_304"]["requests_per_second"], 2)  # fmt: skip
+    results["target_feed_to_bare"] = 0.5
+    results["meets_target"] = ratio >= 0.5 and results["feed_to_bare_304"] >= 0.5
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Bursts through the real worker
+
+
+def _stories(source_id: int, count: int, run: str) -> list[int]:
+    from shared.db import session_scope
+    from shared.models import Story
+    from shared.stories import set_tags
+    from shared.text import html_to_text
+
+    ids = []
+    with session_scope() as session:
+        for n in range(count):
+            headline = f"{run} story {n}: Київ & <Львів> 🎉"
+            story = Story(source_id=source_id, guid=f"urn:bench:{run}:{n}", slug=f"{run}-{n}",
+                          status="ingested", revision=1, content_hash=f"{run}{n}", headline=headline,
+                          lede="Лід: a < b & c", body_html=BODY, body_text=html_to_text(BODY), language="uk",
+                          section=SECTIONS[n % 5], author_name=AUTHORS[n % 10],
+                          author_slug=f"author-{n % 10}")  # fmt: skip
+            session.add(story)
+            session.flush()
+            set_tags(story, [TAGS[n % 20], TAGS[(n * 7 + 3) % 20]])
+            ids.append(story.id)
+    return ids
+
+
+class AllFeedWatcher:
+    """Notes when each story first appears in the stored `all` feed (on the renderer's announcements)."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.client = redis.Redis.from_url(redis_url)
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        from services.syndicate.service import FEEDS_CHANNEL, stored_document
+        from shared.db import session_scope
+
+        with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            pubsub.subscribe(FEEDS_CHANNEL)
+            while not self.stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if not message or message["data"] != b"all":
+                    continue
+                at = time.perf_counter()
+                with session_scope(read_only=True) as session:
+                    stored = stored_document(session, "all", "json")
+                for item in json.loads(stored.body)["items"] if stored else []:
+                    self.seen.setdefault(item["url"].rsplit("/", 1)[-1], at)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def _renders() -> dict[str, int]:
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.models import Feed
+
+    with session_scope(read_only=True) as session:
+        return dict(session.execute(select(Feed.key, Feed.renders)).tuples().all())
+
+
+def _idle() -> bool:
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.models import Feed, OutboxEvent
+
+    with session_scope(read_only=True) as session:
+        dirty = session.scalar(select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1))
+        unsent = session.scalar(select(OutboxEvent.id).where(OutboxEvent.sent_at.is_(None)).limit(1))
+    return dirty is None and unsent is None
+
+
+def burst(source_id: int, watcher: AllFeedWatcher, *, rate: float | None) -> dict[str, Any]:
+    """Publish BURST stories (at ``rate`` per second, or as fast as they go) and wait for the feeds."""
+    from services.publish.service import publish_story
+    from shared.db import session_scope
+
+    run = f"b{secrets.token_hex(3)}"
+    ids = _stories(source_id, BURST, run)
+    before = _renders()
+    published: dict[str, float] = {}
+    started = time.perf_counter()
+    for n, story_id in enumerate(ids):
+        if rate:
+            time.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        with session_scope() as session:
+            publish_story(session, story_id=story_id, actor="bench")
+        published[f"{run}-{n}"] = time.perf_counter()
+    publishing = time.perf_counter() - started
+    deadline = time.monotonic() + 120
+    # The `all` feed shows the newest 50; the last 50 published must reach it.
+    last = list(published)[-50:]
+    while not all(slug in watcher.seen for slug in last) or not _idle():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the burst did not reach the feeds within 120 s")
+        time.sleep(0.05)
+    settled = time.perf_counter() - started
+    after = _renders()
+    renders = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    latencies = [watcher.seen[slug] - at for slug, at in published.items() if slug in watcher.seen]
+    return {
+        "publishes": BURST,
+        "publish_seconds": round(publishing, 2),
+        "until_feeds_settled_seconds": round(settled, 2),
+        "feeds_rendered": len(renders),
+        "renders_of_all": renders.get("all", 0),
+        "max_renders_per_feed": max(renders.values()),
+        "mean_renders_per_feed": round(statistics.mean(renders.values()), 2),
+        "publish_to_all_feed_ms": {"stories_seen": len(latencies), "p50": percentile(latencies, 50),
+                                   "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+    }  # fmt: skip
+
+
+def bursts(data_dir: Path, env: dict[str, str], redis_url: str) -> dict[str, Any]:
+    """Publishes through a real worker (two processes) and scheduler."""
+    from services.ingest.service import add_source
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        source, _ = add_source(session, name="bench-feeds", format="ninjs")
+        source_id = source.id
+    logs = {name: open(data_dir / f"{name}.log", "ab") for name in ("worker", "scheduler")}  # noqa: SIM115
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "-c", "2", "--loglevel", "WARNING"],
+                         env=env, cwd=ROOT, stdout=logs["worker"], stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "services.cli", "scheduler"],
+                         env=env, cwd=ROOT, stdout=logs["scheduler"], stderr=subprocess.STDOUT),
+    ]  # fmt: skip
+    watcher = AllFeedWatcher(redis_url)
+    try:
+        # Warm up the worker's processes (imports, connections) with a few publishes.
+        warm = _stories(source_id, 5, f"w{secrets.token_hex(3)}")
+        from services.publish.service import publish_story
+
+        for story_id in warm:
+            with session_scope() as session:
+                publish_story(session, story_id=story_id, actor="bench")
+        deadline = time.monotonic() + 60
+        while not _idle() or not watcher.seen:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not render; see {data_dir}/worker.log")
+            time.sleep(0.1)
+        time.sleep(0.5)
+        results = {"as_fast_as_possible": burst(source_id, watcher, rate=None)}
+        time.sleep(0.5)
+        results[f"paced_{PACED_RATE:g}_per_second"] = burst(source_id, watcher, rate=PACED_RATE)
+        results["target_max_renders_per_feed"] = 10
+        results["meets_target"] = results["as_fast_as_possible"]["max_renders_per_feed"] <= 10
+        return results
+    finally:
+        watcher.close()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for handle in logs.values():
+            handle.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run() -> dict[str, Any]:
+    """Render times, serving rates against a bare ASGI app, and renders per feed in bursts."""
+    from shared.migrate import upgrade
+    from shared.redis import EmbeddedRedis
+    from tests.support import newsroom_environment
+
+    data_dir = Path(tempfile.mkdtemp(prefix="newsroom-bench-feeds-"))
+    redis_server = EmbeddedRedis(data_dir / "redis", appendonly=False)
+    try:
+        redis_url = redis_server.start()
+        env_vars = {
+            "NEWSROOM_DATA_DIR": str(data_dir),
+            "NEWSROOM_DATABASE_URL": f"sqlite:///{data_dir}/newsroom.db",
+            "NEWSROOM_REDIS_URL": redis_url,
+            "NEWSROOM_SITE_URL": "http://127.0.0.1:8000",
+            "NEWSROOM_LOG_LEVEL": "WARNING",
+        }
+        with newsroom_environment(env_vars):
+            env = {**os.environ}
+            upgrade()
+            results: dict[str, Any] = {"database": "sqlite", "render_50_entries": render_times()}
+            bursts_result = bursts(data_dir, env, redis_url)
+            results["serving_all_atom"] = serving(data_dir, env)
+            results["bursts"] = bursts_result
+            results["meets_targets"] = bool(
+                results["serving_all_atom"]["meets_target"] and bursts_result["meets_target"]
+            )
+            return results
+    finally:
+        redis_server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
