@@ -260,7 +260,8 @@ def seed_archive(count: int) -> float:
 def run_backend(backend: str, database_url: str, directory: Path, *, archive: int) -> dict[str, Any]:
     """Start a cluster on one database, optionally seed an archive, and measure."""
     cluster = Cluster(directory, database_url)
-    cluster.env.update({"NEWSROOM_LOG_LEVEL": "WARNING"})
+    # The production lease: the fault tests' short one would re-send work merely queued.
+    cluster.env.update({"NEWSROOM_LOG_LEVEL": "WARNING", "NEWSROOM_OUTBOX_LEASE": "120"})
     from services.ingest.service import add_source
     from shared.migrate import upgrade
 

@@ -93,19 +93,19 @@ def sweep(limit: int = 500) -> int:
     now = utcnow()
     lost_before = now - timedelta(seconds=get_settings().outbox_lease)
     columns = (OutboxEvent.id, OutboxEvent.task, OutboxEvent.kwargs, OutboxEvent.attempts)
+    # Look before taking a writer's lock: on SQLite a write transaction every tick
+    # would queue behind (and hold up) the workers for nothing.
+    unsent_rows = (OutboxEvent.sent_at.is_(None), OutboxEvent.next_try_at <= now)
+    lost_rows = (OutboxEvent.done_at.is_(None), OutboxEvent.sent_at < lost_before)
+    with session_scope(read_only=True) as session:
+        anything = session.scalar(select(OutboxEvent.id).where(*unsent_rows).limit(1)) or session.scalar(
+            select(OutboxEvent.id).where(*lost_rows).limit(1)
+        )
+    if anything is None:
+        return 0
     with session_scope() as session:
-        unsent = (
-            select(*columns)
-            .where(OutboxEvent.sent_at.is_(None), OutboxEvent.next_try_at <= now)
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-        )
-        lost = (
-            select(*columns)
-            .where(OutboxEvent.done_at.is_(None), OutboxEvent.sent_at < lost_before)
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-        )
+        unsent = select(*columns).where(*unsent_rows).order_by(OutboxEvent.id).limit(limit)
+        lost = select(*columns).where(*lost_rows).order_by(OutboxEvent.id).limit(limit)
         if session.get_bind().dialect.name == "postgresql":
             unsent = unsent.with_for_update(skip_locked=True)
             lost = lost.with_for_update(skip_locked=True)
