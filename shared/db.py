@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
@@ -77,24 +79,48 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 
 
 @contextmanager
+def _writer_turn(url: str) -> Iterator[None]:
+    """On SQLite, wait for this process's turn to write on a file lock.
+
+    SQLite lets one writer in at a time; a writer that finds the lock taken sleeps
+    in steps of up to 100 ms before it looks again, which under load leaves the
+    database idle most of the time. A kernel file lock hands the turn over the
+    moment the previous writer lets go (and is released if its process dies).
+    """
+    database = make_url(url).database if _is_sqlite(url) else None
+    if not database or database == ":memory:":
+        yield
+        return
+    handle = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+@contextmanager
 def session_scope(*, read_only: bool = False) -> Iterator[Session]:
     """One transaction: committed on success, rolled back on error, then post-commit hooks."""
-    session = Session(bind=get_engine(read_only=read_only), expire_on_commit=False)
-    try:
-        yield session
+    with ExitStack() as turn:
         if not read_only:
-            for hook in before_commit_hooks:
-                hook(session)
-            session.commit()
-        # A reader's transaction ends with close() below, which (unlike rollback)
-        # leaves what was loaded readable after the scope.
-    except BaseException:
-        session.rollback()
-        session.info.pop("after_commit", None)
-        raise
-    finally:
-        callbacks: list[Callable[[], None]] = session.info.pop("after_commit", [])
-        session.close()
+            turn.enter_context(_writer_turn(get_settings().sqlalchemy_url))
+        session = Session(bind=get_engine(read_only=read_only), expire_on_commit=False)
+        try:
+            yield session
+            if not read_only:
+                for hook in before_commit_hooks:
+                    hook(session)
+                session.commit()
+            # A reader's transaction ends with close() below, which (unlike rollback)
+            # leaves what was loaded readable after the scope.
+        except BaseException:
+            session.rollback()
+            session.info.pop("after_commit", None)
+            raise
+        finally:
+            callbacks: list[Callable[[], None]] = session.info.pop("after_commit", [])
+            session.close()
     for callback in callbacks:
         try:
             callback()
