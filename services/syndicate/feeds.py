@@ -9,6 +9,7 @@ import json
 import mimetypes
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from urllib.parse import quote, urljoin
 from feedgen.entry import FeedEntry
 from feedgen.feed import FeedGenerator
 from lxml import etree  # type: ignore[import-untyped]
+from sqlalchemy import inspect as sa_inspect
 
 from shared.config import Settings
 from shared.models import Story
@@ -126,7 +128,7 @@ def render_feed(
     """The feed document for these stories (newest first); identical input, identical bytes."""
     if fmt not in MEDIA_TYPES:
         raise ValueError(f"unknown feed format {fmt!r}")
-    items = [_item(story, settings) for story in stories[: settings.feed_size]]
+    items = [_cached_item(story, settings) for story in stories[: settings.feed_size]]
     channel = _channel(key, fmt, items, settings)
     body = _json_feed(channel, items) if fmt == "json" else _xml_feed(channel, fmt, items)
     return RenderedFeed(
@@ -202,6 +204,32 @@ class _Channel:
     updated: datetime
     site_title: str
     language: str | None
+
+
+# A story's entry is the same in every feed and format until the story changes, and
+# each render of a 50-entry feed differs from the last by a story or two: keep the
+# entries built (most of a render's cost) per story revision.
+_ITEMS: OrderedDict[tuple[Any, ...], _Item] = OrderedDict()
+_ITEMS_MAX = 4096
+_ITEMS_LOCK = threading.Lock()
+
+
+def _cached_item(story: Story, settings: Settings) -> _Item:
+    if not sa_inspect(story).has_identity:  # not read from the database: nothing to key it by
+        return _item(story, settings)
+    key = (settings.sqlalchemy_url, story.id, story.revision, story.modified_at, story.published_at,
+           story.updated_at, story.status, settings.site_url, settings.site_title)  # fmt: skip
+    with _ITEMS_LOCK:
+        item = _ITEMS.get(key)
+        if item is not None:
+            _ITEMS.move_to_end(key)
+            return item
+    item = _item(story, settings)
+    with _ITEMS_LOCK:
+        _ITEMS[key] = item
+        if len(_ITEMS) > _ITEMS_MAX:
+            _ITEMS.popitem(last=False)
+    return item
 
 
 def _item(story: Story, settings: Settings) -> _Item:
