@@ -227,8 +227,16 @@ def announce_story(
         separators=(",", ":"),
     )
     deliveries = []
+    # A take-down goes to the partners that were told of the story, and only to them.
+    told = (
+        set(session.scalars(select(Delivery.partner_id).where(Delivery.story_id == story.id).distinct()))
+        if event == "story.killed"
+        else None
+    )
     for partner in session.scalars(select(Partner).where(Partner.enabled.is_(True))):
-        if not partner_matches(partner, story, previous):
+        if told is not None and partner.id not in told:
+            continue
+        if told is None and not partner_matches(partner, story, previous):
             continue
         delivery = Delivery(
             id=new_delivery_id(),

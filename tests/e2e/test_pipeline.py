@@ -153,3 +153,36 @@ def test_bad_input(pipeline: Pipeline) -> None:
     )
     assert answer.status_code == 415
     _raw_kept(answer.json()["receipt"], b"hello")
+
+
+def test_killed_goes_only_to_partners_that_were_told(pipeline: Pipeline, partner: Any) -> None:
+    name, wire = pipeline.source()
+    editor = pipeline.token("editor")
+    item = ninjs_item(f"urn:test:{name}:killed", "Taken down later")
+    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
+                                  headers={**wire, "Content-Type": NINJS})  # fmt: skip
+    story_id = pipeline.wait_receipt(answer.json()["receipt"], wire)["items"][0]["story_id"]
+    pipeline.client.post(f"/v1/stories/{story_id}/publish", headers=editor, json={})
+
+    def pushes_for(server: PartnerServer) -> list[str]:
+        return [json.loads(p.body)["type"] for p in server.pushes if "Taken down later" in p.body]
+
+    wait_for(lambda: pushes_for(partner), what="the publish at the first partner")
+    latecomer = PartnerServer()
+    with session_scope() as session:
+        add_partner(session, name=f"late-{id(latecomer)}", url=latecomer.url)
+    answer = pipeline.client.post(
+        f"/v1/stories/{story_id}/unpublish", headers=editor, json={"reason": "legal"}
+    )
+    assert answer.status_code == 202
+    assert wait_for(lambda: pushes_for(partner) == ["story.published", "story.killed"], what="the kill")
+    story = pipeline.client.get(f"/v1/stories/{story_id}", headers=editor).json()
+    ours = [d["event"] for d in story["deliveries"] if d["partner"] == partner.name]
+    assert ours == ["story.published", "story.killed"]
+    assert [d for d in story["deliveries"] if d["partner"] == f"late-{id(latecomer)}"] == []
+    assert pushes_for(latecomer) == []
+    with session_scope() as session:
+        from shared.models import Partner
+
+        session.scalars(select(Partner).where(Partner.name == f"late-{id(latecomer)}")).one().enabled = False
+    latecomer.close()
