@@ -161,6 +161,14 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
     """Posts at a steady rate; latency from the post to the story in /feeds/all.atom."""
     watcher = FeedWatcher(httpx.Client(base_url=cluster.http.base_url, timeout=30))
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/ninjs+json"}
+    # Warm up first (connections, caches, the first renders), as a running newsroom is.
+    warm = [f"Warm-up {i} {secrets.token_hex(3)}" for i in range(20)]
+    for headline in warm:
+        cluster.http.post(f"/v1/wire/{source}", content=ninjs(headline), headers=headers).raise_for_status()
+        time.sleep(1 / rate)
+    deadline = time.perf_counter() + 30
+    while not all(h in watcher.seen for h in warm) and time.perf_counter() < deadline:
+        time.sleep(0.05)
     sent: dict[str, float] = {}
     total = int(rate * seconds)
     started = time.perf_counter()
