@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,11 +16,12 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """How the partner answers one request."""
+    """How the partner answers one request: a status, headers, a delay or a gate to wait on."""
 
     status: int = 204
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    gate: threading.Event | None = None
 
 
 @dataclass
@@ -29,6 +31,11 @@ class Push:
     headers: dict[str, str]
     body: str
     at: float
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.body)
+        return value
 
 
 class PartnerServer:
@@ -54,11 +61,16 @@ class PartnerServer:
                     reply = partner.replies.popleft() if partner.replies else partner.default
                 if reply.delay:
                     time.sleep(reply.delay)
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                if reply.gate is not None:
+                    reply.gate.wait(60)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender gave up waiting
 
             def log_message(self, *_: Any) -> None:
                 pass

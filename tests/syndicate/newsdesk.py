@@ -10,12 +10,8 @@ import base64
 import json
 import secrets
 import socket
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +23,7 @@ from shared.db import session_scope
 from shared.models import Delivery, Partner, Source, Story, StoryLabel
 from shared.stories import set_tags
 from shared.text import html_to_text, slugify
+from tests.support import PartnerServer, Push, Reply
 
 # Cyrillic, markup characters and emoji, in titles and bodies.
 TRICKY_HEADLINE = "Київ & <Львів>: «ціни» 🎉 a < b"
@@ -111,74 +108,16 @@ def unpublish(story_id: int) -> str | None:
 # Partners
 
 
-@dataclass
-class Answer:
-    """How the hook answers one request: a status, headers, and optionally a gate to wait on."""
-
-    status: int = 204
-    headers: dict[str, str] = field(default_factory=dict)
-    gate: threading.Event | None = None
+# The partner's webhook endpoint on loopback: records every request, answers as scripted.
+Answer = Reply
 
 
-@dataclass
-class Push:
-    headers: dict[str, str]
-    body: str
-    at: float
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.body)
-        return value
-
-
-class Hook:
-    """A partner's webhook endpoint on loopback: records every request, answers as scripted."""
+class Hook(PartnerServer):
+    """A PartnerServer whose scripted replies are called answers here."""
 
     def __init__(self, default: Answer | None = None) -> None:
-        self.default = default or Answer()
-        self.answers: deque[Answer] = deque()
-        self.pushes: list[Push] = []
-        self.lock = threading.Lock()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
-                with hook.lock:
-                    hook.pushes.append(
-                        Push({k.lower(): v for k, v in self.headers.items()}, body, time.time())
-                    )
-                    answer = hook.answers.popleft() if hook.answers else hook.default
-                if answer.gate is not None:
-                    answer.gate.wait(60)
-                try:
-                    self.send_response(answer.status)
-                    for name, value in answer.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:
-                    pass  # the sender gave up waiting
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(default)
+        self.answers = self.replies
 
 
 def closed_port_url() -> str:
