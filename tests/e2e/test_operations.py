@@ -93,9 +93,10 @@ def test_metrics_after_a_run(pipeline: Pipeline) -> None:
     def counted() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
         found = samples(pipeline)
         sent = found.get("newsroom_deliveries_total", {}).get((("partner", partner_name), ("status", "sent")))
-        return found if sent == 1 else None
+        renders = found.get("newsroom_feed_renders_total", {}).get((("feed", "label/breaking"),), 0)
+        return found if sent == 1 and renders >= 1 else None
 
-    found = wait_for(counted, what="the delivery in /metrics")
+    found = wait_for(counted, what="the delivery and the label feed's render in /metrics")
     received = found["newsroom_items_received_total"]
     assert received[(("format", "ninjs"), ("source", name), ("status", "done"))] == 1
     assert found["newsroom_stories"][(("status", "published"),)] >= 1
