@@ -50,12 +50,56 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from shared.celery import app
+    from shared import celery
 
-    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency), "-P", args.pool,
-            "--loglevel", args.loglevel, "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip",
-            "--without-mingle"]  # fmt: skip
-    app.worker_main(argv)
+    if args.pool == "solo" and args.concurrency > 1:
+        _supervise_workers(args)
+        return
+    argv = ["worker", "-Q", args.queues, "-P", args.pool, "--loglevel", args.loglevel,
+            "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+    if args.pool == "solo":
+        # A solo worker runs tasks in its main thread, where Celery enforces no time limit.
+        celery.enforce_time_limits()
+    else:
+        argv += ["-c", str(args.concurrency)]
+    celery.app.worker_main(argv)
+
+
+def _supervise_workers(args: argparse.Namespace) -> None:
+    """Run ``-c`` single-process workers and restart any that dies.
+
+    A prefork worker's parent passes every message on to a child through a pipe, which
+    costs about as much CPU as the message itself; single-process workers each take
+    their messages straight from Redis. They share this process group, so stopping the
+    group stops them all.
+    """
+    import time
+
+    command = [sys.executable, "-m", "services.cli", "worker", "-Q", args.queues, "-c", "1", "-P", "solo",
+               "--loglevel", args.loglevel]  # fmt: skip
+    children = [subprocess.Popen(command) for _ in range(args.concurrency)]
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping.wait(0.5):
+        for position, child in enumerate(children):
+            if child.poll() is not None and not stopping.is_set():
+                log.warning("worker process %s exited with %s; starting another", child.pid, child.returncode)
+                children[position] = subprocess.Popen(command)
+    deadline = time.monotonic() + 60
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def cmd_scheduler(_args: argparse.Namespace) -> None:
@@ -332,8 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="a Celery worker")
     worker.add_argument("-Q", "--queues", default=QUEUES)
-    worker.add_argument("-c", "--concurrency", type=int, default=2)
-    worker.add_argument("-P", "--pool", default="prefork")
+    worker.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes")
+    worker.add_argument(
+        "-P",
+        "--pool",
+        default="solo",
+        choices=["solo", "prefork"],
+        help="solo: one process per -c, each taking its own messages (the default)",
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -68,6 +73,47 @@ def _after_fork(**_: Any) -> None:
 
 R = TypeVar("R")
 
+_time_limits = False
+
+
+def enforce_time_limits() -> None:
+    """Apply the task time limits in this process's main thread (a solo worker's tasks).
+
+    At the soft limit the task gets ``SoftTimeLimitExceeded`` (and is retried like any
+    failure); at the hard limit the process exits, its message is redelivered and the
+    worker's supervisor starts another process.
+    """
+    global _time_limits
+    _time_limits = True
+
+
+@contextmanager
+def _time_limit(name: str) -> Iterator[None]:
+    if not _time_limits or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hard = get_settings().task_time_limit
+    soft = max(1, hard - 10)
+    fired = False
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            signal.setitimer(signal.ITIMER_REAL, max(1, hard - soft))
+            raise SoftTimeLimitExceeded(f"task {name} ran past {soft} s")
+        log.error("task %s ran past its hard time limit of %s s; this worker process exits", name, hard)
+        os._exit(70)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, soft)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # Seconds-scale retries of a task whose dependency failed for now; long waits live in the database.
 TRANSIENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 
@@ -93,7 +139,8 @@ def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[...
                 return None
             running_event.set(event_id)
             try:
-                result = _run(self, func, name, max_failures, **kwargs)
+                with _time_limit(name):
+                    result = _run(self, func, name, max_failures, **kwargs)
             except BaseException:
                 running_event.set(None)
                 raise

@@ -34,29 +34,38 @@ DELIVERY_GRACE = timedelta(seconds=10)
 STORY_EVENTS = ("story.published", "story.updated", "story.killed")
 
 
-def emit(session: Session, task: str, **kwargs: Any) -> OutboxEvent:
+def emit(session: Session, task: str, *, gather: bool = False, **kwargs: Any) -> OutboxEvent:
     """Write a task to the outbox in the current transaction; it is sent after commit.
 
     The row is written as sent (``sent_at``) because the post-commit relay sends it
     at once; a relay that fails un-marks it, and one that never ran (the process
     died) leaves it not done, which the sweep notices after the lease.
+
+    A ``gather`` event is not sent on its own: one message, sent unless one is already
+    on its way, makes a worker take every pending event of the task (``take_gathered``).
+    Under load one task run then does the work of many events.
     """
     now = utcnow()
-    event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=now, sent_at=now)
+    event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=now, sent_at=now, gather=gather)
     session.add(event)
     session.flush()
     pending: list[OutboxEvent] = session.info.setdefault("outbox_events", [])
     if not pending:
 
         def send() -> None:
-            relay([(e.id, e.task, e.kwargs, e.attempts) for e in pending])
+            relay([(e.id, e.task, e.kwargs, e.attempts, e.gather) for e in pending])
 
         after_commit(session, send)
     pending.append(event)
     return event
 
 
-Outgoing = tuple[int, str, dict[str, Any], int]
+Outgoing = tuple[int, str, dict[str, Any], int, bool]
+
+# Set while a message to gather a task's events is on its way (a key per task).
+GATHER_PENDING = "newsroom:outbox:gather"
+# A gathering message that was lost stops holding back new ones after this.
+GATHER_PENDING_MS = 2000
 
 
 def relay(events: list[Outgoing]) -> int:
@@ -64,12 +73,17 @@ def relay(events: list[Outgoing]) -> int:
     from shared.celery import send_task
 
     failed: list[int] = []
-    for event_id, task, kwargs, attempts in events:
+    gathered: set[str] = set()
+    for event_id, task, kwargs, attempts, gather in events:
         if failed:  # the broker is down: do not wait on it once per event
             failed.append(event_id)
             continue
         try:
-            send_task(task, kwargs, task_id=f"outbox-{event_id}-{attempts}")
+            if not gather:
+                send_task(task, kwargs, task_id=f"outbox-{event_id}-{attempts}")
+            elif task not in gathered:
+                _send_gathering(task)
+                gathered.add(task)
         except Exception as error:
             log.warning("outbox %s: broker unavailable: %s", event_id, error)
             failed.append(event_id)
@@ -83,6 +97,43 @@ def relay(events: list[Outgoing]) -> int:
     return len(events) - len(failed)
 
 
+def _send_gathering(task: str) -> None:
+    """Send the message that gathers ``task``'s events, unless one is on its way."""
+    from shared.celery import send_task
+    from shared.redis import get_redis
+
+    if get_redis().set(f"{GATHER_PENDING}:{task}", 1, nx=True, px=GATHER_PENDING_MS):
+        send_task(task, {}, task_id=f"gather-{task}-{secrets.token_hex(6)}")
+
+
+def take_gathered(session: Session, task: str, *, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+    """Take the pending events of a gathered task: done when the caller's transaction commits.
+
+    Called first by the task's run, which clears the "on its way" mark, so an event that
+    commits after this read sends a message of its own.
+    """
+    from shared.redis import get_redis
+
+    try:
+        get_redis().delete(f"{GATHER_PENDING}:{task}")
+    except Exception as error:  # the mark expires on its own
+        log.warning("outbox: could not clear the gathering mark of %s: %s", task, error)
+    query = (
+        select(OutboxEvent.id, OutboxEvent.kwargs)
+        .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task, OutboxEvent.gather.is_(True))
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = [(row.id, row.kwargs) for row in session.execute(query)]
+    if rows:
+        session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_([row[0] for row in rows])).values(done_at=utcnow())
+        )
+    return rows
+
+
 def sweep(limit: int = 500) -> int:
     """Send what the relay could not, and again what a worker never finished.
 
@@ -92,7 +143,7 @@ def sweep(limit: int = 500) -> int:
     """
     now = utcnow()
     lost_before = now - timedelta(seconds=get_settings().outbox_lease)
-    columns = (OutboxEvent.id, OutboxEvent.task, OutboxEvent.kwargs, OutboxEvent.attempts)
+    columns = (OutboxEvent.id, OutboxEvent.task, OutboxEvent.kwargs, OutboxEvent.attempts, OutboxEvent.gather)
     # Look before taking a writer's lock: on SQLite a write transaction every tick
     # would queue behind (and hold up) the workers for nothing.
     unsent_rows = (OutboxEvent.sent_at.is_(None), OutboxEvent.next_try_at <= now)
@@ -120,7 +171,7 @@ def sweep(limit: int = 500) -> int:
     if not rows:
         return 0
     log.info("outbox sweep: sending %d events again", len(rows))
-    return relay([(row.id, row.task, row.kwargs, row.attempts + 1) for row in rows])
+    return relay([(row.id, row.task, row.kwargs, row.attempts + 1, row.gather) for row in rows])
 
 
 # The outbox event whose task this worker is running, until its done mark is written.
@@ -254,6 +305,7 @@ def announce_story(
     emit(
         session,
         "syndicate.story_changed",
+        gather=True,
         story_id=story.id,
         revision=story.revision,
         event=event,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -314,6 +315,8 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
+    # Gathered: one message makes a worker take every pending event of the task at once.
+    gather: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Feed(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import html
@@ -10,8 +11,8 @@ import mimetypes
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 from urllib.parse import quote, urljoin
@@ -126,9 +127,15 @@ def render_feed(
     key: FeedKey, fmt: FeedFormat, stories: Sequence[Story], *, settings: Settings
 ) -> RenderedFeed:
     """The feed document for these stories (newest first); identical input, identical bytes."""
+    items = [_cached_item(story, settings) for story in stories[: settings.feed_size]]
+    return render_items(key, fmt, items, settings=settings)
+
+
+def render_items(key: FeedKey, fmt: FeedFormat, items: Sequence[Item], *, settings: Settings) -> RenderedFeed:
+    """The feed document for these entries (newest first, from ``feed_items``)."""
     if fmt not in MEDIA_TYPES:
         raise ValueError(f"unknown feed format {fmt!r}")
-    items = [_cached_item(story, settings) for story in stories[: settings.feed_size]]
+    items = items[: settings.feed_size]
     channel = _channel(key, fmt, items, settings)
     body = _json_feed(channel, items) if fmt == "json" else _xml_feed(channel, fmt, items)
     return RenderedFeed(
@@ -178,7 +185,9 @@ class _Category:
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
+class Item:
+    """A story as every feed format shows it."""
+
     url: str
     title: str
     summary: str
@@ -192,6 +201,8 @@ class _Item:
     tags: tuple[str, ...]
     language: str | None
     picture: _Picture | None
+    # Its RSS item and Atom entry elements, built once (see ``_entry_element``).
+    elements: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,30 +220,60 @@ class _Channel:
 # A story's entry is the same in every feed and format until the story changes, and
 # each render of a 50-entry feed differs from the last by a story or two: keep the
 # entries built (most of a render's cost) per story revision.
-_ITEMS: OrderedDict[tuple[Any, ...], _Item] = OrderedDict()
+_ITEMS: OrderedDict[tuple[Any, ...], Item] = OrderedDict()
 _ITEMS_MAX = 4096
 _ITEMS_LOCK = threading.Lock()
+# The columns whose values say whether a story's entry changed: a feed reads these first
+# and loads the whole story only for entries it has not built.
+ITEM_KEY_COLUMNS = (Story.id, Story.revision, Story.modified_at, Story.published_at, Story.updated_at,
+                    Story.status)  # fmt: skip
 
 
-def _cached_item(story: Story, settings: Settings) -> _Item:
-    if not sa_inspect(story).has_identity:  # not read from the database: nothing to key it by
-        return _item(story, settings)
-    key = (settings.sqlalchemy_url, story.id, story.revision, story.modified_at, story.published_at,
-           story.updated_at, story.status, settings.site_url, settings.site_title)  # fmt: skip
+def _item_key(values: Sequence[Any], settings: Settings) -> tuple[Any, ...]:
+    return (settings.sqlalchemy_url, *values, settings.site_url, settings.site_title)
+
+
+def _remembered(key: tuple[Any, ...]) -> Item | None:
     with _ITEMS_LOCK:
         item = _ITEMS.get(key)
         if item is not None:
             _ITEMS.move_to_end(key)
-            return item
-    item = _item(story, settings)
+        return item
+
+
+def _remember(key: tuple[Any, ...], item: Item) -> None:
     with _ITEMS_LOCK:
         _ITEMS[key] = item
         if len(_ITEMS) > _ITEMS_MAX:
             _ITEMS.popitem(last=False)
+
+
+def _cached_item(story: Story, settings: Settings) -> Item:
+    if not sa_inspect(story).has_identity:  # not read from the database: nothing to key it by
+        return _item(story, settings)
+    key = _item_key([getattr(story, column.key) for column in ITEM_KEY_COLUMNS], settings)
+    item = _remembered(key)
+    if item is None:
+        item = _item(story, settings)
+        _remember(key, item)
     return item
 
 
-def _item(story: Story, settings: Settings) -> _Item:
+def feed_items(
+    rows: Sequence[Sequence[Any]], load: Callable[[list[int]], Iterable[Story]], *, settings: Settings
+) -> list[Item]:
+    """The entries for rows of ``ITEM_KEY_COLUMNS`` (in feed order), loading only the stories
+    whose entry is not built yet with ``load(ids)``."""
+    keys = [_item_key(row, settings) for row in rows]
+    items = {key[1]: item for key in keys if (item := _remembered(key)) is not None}
+    missing = [key[1] for key in keys if key[1] not in items]
+    if missing:
+        for story in load(missing):
+            items[story.id] = _cached_item(story, settings)
+    return [items[key[1]] for key in keys if key[1] in items]
+
+
+def _item(story: Story, settings: Settings) -> Item:
     published = _published(story)
     # Atom's `updated` keeps fractions of a second, so that an update in the same second as
     # the publish (or an earlier update) still moves it.
@@ -247,7 +288,7 @@ def _item(story: Story, settings: Settings) -> _Item:
     labels = [label for label in story.label_names if label in LABELS]
     categories.extend(_Category(label, label.capitalize(), f"{scheme}/label/") for label in labels)
     tags = [story.section or "", *story.tag_names, *(label.capitalize() for label in labels)]
-    return _Item(
+    return Item(
         url=story_url(story, settings),
         title=_xml_text(story.headline),
         summary=_xml_text(_summary(story)),
@@ -265,7 +306,7 @@ def _item(story: Story, settings: Settings) -> _Item:
     )
 
 
-def _channel(key: FeedKey, fmt: FeedFormat, items: Sequence[_Item], settings: Settings) -> _Channel:
+def _channel(key: FeedKey, fmt: FeedFormat, items: Sequence[Item], settings: Settings) -> _Channel:
     subject = _subject_name(key, items)
     title = settings.site_title if subject is None else f"{settings.site_title} — {subject}"
     return _Channel(
@@ -280,7 +321,7 @@ def _channel(key: FeedKey, fmt: FeedFormat, items: Sequence[_Item], settings: Se
     )
 
 
-def _common_language(items: Sequence[_Item]) -> str | None:
+def _common_language(items: Sequence[Item]) -> str | None:
     """The feed's language when all its stories share one (RSS readers ask for it)."""
     languages = {item.language for item in items}
     if len(languages) != 1:
@@ -291,7 +332,7 @@ def _common_language(items: Sequence[_Item]) -> str | None:
     return language
 
 
-def _subject_name(key: FeedKey, items: Sequence[_Item]) -> str | None:
+def _subject_name(key: FeedKey, items: Sequence[Item]) -> str | None:
     """How the feed's section, tag, author or label is written, as its stories write it."""
     if key.value is None:
         return None
@@ -376,7 +417,7 @@ def _news_language(language: str | None) -> str:
 # JSON Feed 1.1
 
 
-def _json_feed(channel: _Channel, items: Sequence[_Item]) -> bytes:
+def _json_feed(channel: _Channel, items: Sequence[Item]) -> bytes:
     document: dict[str, Any] = {
         "version": JSONFEED_VERSION,
         "title": channel.title,
@@ -392,7 +433,7 @@ def _json_feed(channel: _Channel, items: Sequence[_Item]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _json_item(item: _Item) -> dict[str, Any]:
+def _json_item(item: Item) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": item.url,
         "url": item.url,
@@ -454,7 +495,7 @@ class _RssHubLinks:
         return feed
 
 
-def _xml_feed(channel: _Channel, fmt: FeedFormat, items: Sequence[_Item]) -> bytes:
+def _xml_feed(channel: _Channel, fmt: FeedFormat, items: Sequence[Item]) -> bytes:
     rss = fmt == "rss"
     generator = FeedGenerator()
     if rss:
@@ -482,7 +523,7 @@ def _xml_feed(channel: _Channel, fmt: FeedFormat, items: Sequence[_Item]) -> byt
     if channel.language:
         generator.language(channel.language)
     for item in items:
-        _add_entry(generator, item, rss=rss)
+        generator.add_entry(_BuiltEntry(_entry_element(item, fmt)), order="append")
     if rss:
         with _RSS_LOCALE_LOCK:
             body: bytes = generator.rss_str()
@@ -491,7 +532,41 @@ def _xml_feed(channel: _Channel, fmt: FeedFormat, items: Sequence[_Item]) -> byt
     return body
 
 
-def _add_entry(generator: Any, item: _Item, *, rss: bool) -> None:
+class _BuiltEntry(FeedEntry):  # type: ignore[misc]  # feedgen is untyped
+    """An entry whose element was built before: a feed differs from its last render by a
+    story or two, and building each entry was most of the cost of a render."""
+
+    def __init__(self, element: Any) -> None:
+        super().__init__()
+        self._element = element
+
+    def atom_entry(self, extensions: bool = True) -> Any:
+        return self._element
+
+    def rss_entry(self, extensions: bool = True) -> Any:
+        return self._element
+
+
+def _entry_element(item: Item, fmt: FeedFormat) -> Any:
+    """A copy of the item's RSS item or Atom entry element, built by feedgen once per item."""
+    element = item.elements.get(fmt)
+    if element is None:
+        generator = FeedGenerator()
+        if fmt == "rss":
+            generator.load_extension("dc", atom=False, rss=True)
+            generator.load_extension("media", atom=False, rss=True)
+        _add_entry(generator, item, rss=fmt == "rss")
+        (entry,) = generator.entry()
+        if fmt == "rss":
+            with _RSS_LOCALE_LOCK:  # an RSS item's dates are written under the switched locale
+                element = entry.rss_entry()
+        else:
+            element = entry.atom_entry()
+        item.elements[fmt] = element
+    return copy.copy(element)  # lxml copies the whole element; the feed's tree takes the copy
+
+
+def _add_entry(generator: Any, item: Item, *, rss: bool) -> None:
     entry = generator.add_entry(_Entry(), order="append")
     entry.guid(item.url, permalink=True)
     entry.title(item.title)

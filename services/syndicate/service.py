@@ -23,19 +23,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.syndicate.feeds import (
     FEED_FORMATS,
+    ITEM_KEY_COLUMNS,
     LABELS,
     FeedKey,
+    Item,
     RenderedFeed,
+    feed_items,
     feed_keys_for,
     feed_url,
     parse_feed_name,
     render_feed,
+    render_items,
     render_news_sitemap,
     section_slug,
 )
@@ -74,6 +78,10 @@ RENDER_LOCK_TIMEOUT = 120
 ROUND_LIMIT = 1000
 # Seconds of rendering a round does before it leaves the rest of the dirty feeds to the next.
 ROUND_BUDGET = 0.1
+# ``all``, the feed most readers poll, is rendered in every round it is dirty; any other feed
+# at most this often, so that a story's section, tags, author and labels do not multiply
+# the renders of a busy hour.
+FEED_INTERVAL = 1.0
 SITEMAP_WINDOW = timedelta(hours=48)
 
 
@@ -104,18 +112,45 @@ def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
     return names
 
 
-def story_changed(session: Session, *, story_id: int, previous: dict[str, Any]) -> list[str]:
-    """Mark every feed the story was or is in as needing a render."""
-    story = session.get(Story, story_id)
-    keys = keys_from_membership(previous)
-    if story is not None:
-        keys += feed_keys_for(story)
-    return mark_dirty(session, keys)
+def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list[str]:
+    """Mark every feed the changed stories were or are in as needing a render.
+
+    Each change names its story (``story_id``) and its membership before (``previous``).
+    """
+    ids = {change["story_id"] for change in changes if change.get("story_id") is not None}
+    keys: list[FeedKey] = []
+    for change in changes:
+        keys += keys_from_membership(change.get("previous") or {})
+    if ids:
+        stories = session.scalars(select(Story).where(Story.id.in_(sorted(ids))))
+        for story in stories:
+            keys += feed_keys_for(story)
+    return mark_dirty(session, keys) if keys else []
 
 
 def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
     """The newest published stories of a feed, by published_at."""
-    query = select(Story).where(Story.status == "published")
+    return list(session.scalars(_feed_query(key, select(Story), limit=limit)))
+
+
+def items_for(session: Session, key: FeedKey, *, limit: int) -> tuple[list[Item], list[datetime]]:
+    """A feed's entries, and when each of its stories last changed.
+
+    Only the columns that key an entry are read for the whole feed; stories whose entry
+    is not built yet are loaded in one query.
+    """
+    rows = session.execute(_feed_query(key, select(*ITEM_KEY_COLUMNS), limit=limit)).all()
+
+    def load(ids: list[int]) -> Iterable[Story]:
+        return session.scalars(select(Story).where(Story.id.in_(ids)))
+
+    items = feed_items([tuple(row) for row in rows], load, settings=get_settings())
+    changed = [max(filter(None, (row.published_at, row.updated_at))) for row in rows]
+    return items, changed
+
+
+def _feed_query(key: FeedKey, query: Any, *, limit: int) -> Any:
+    query = query.where(Story.status == "published")
     if key.kind == "section":
         # Ingest and publish store sections as slugs: the (section, published_at) index answers.
         query = query.where(Story.section == key.value)
@@ -125,8 +160,7 @@ def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
         query = query.join(StoryTag, StoryTag.story_id == Story.id).where(StoryTag.slug == key.value)
     elif key.kind == "label":
         query = query.join(StoryLabel, StoryLabel.story_id == Story.id).where(StoryLabel.label == key.value)
-    query = query.order_by(Story.published_at.desc(), Story.id.desc()).limit(limit)
-    return list(session.scalars(query))
+    return query.order_by(Story.published_at.desc(), Story.id.desc()).limit(limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +171,12 @@ def render_documents(key: FeedKey, stories: Sequence[Story]) -> dict[str, Render
     """The feed in every format."""
     settings = get_settings()
     return {fmt: render_feed(key, fmt, stories, settings=settings) for fmt in FEED_FORMATS}  # type: ignore[arg-type]
+
+
+def render_item_documents(key: FeedKey, items: Sequence[Item]) -> dict[str, RenderedFeed]:
+    """The feed in every format, from its entries."""
+    settings = get_settings()
+    return {fmt: render_items(key, fmt, items, settings=settings) for fmt in FEED_FORMATS}  # type: ignore[arg-type]
 
 
 def store_documents(
@@ -150,21 +190,26 @@ def store_documents(
     """
     changed = []
     now = utcnow().replace(microsecond=0)
+    # The stored documents' headers only (not their bodies), locked until this commits.
+    columns = (FeedDocument.format, FeedDocument.etag, FeedDocument.last_modified, FeedDocument.rendered_at)
+    stored = {row.format: row for row in session.execute(
+        select(*columns).where(FeedDocument.key == key.name).with_for_update()
+    )}  # fmt: skip
     for fmt, feed in rendered.items():
-        document = session.get(FeedDocument, (key.name, fmt), with_for_update=True)
-        if document is not None and (document.rendered_at > snapshot or document.etag == feed.etag):
+        row = stored.get(fmt)
+        if row is not None and (row.rendered_at > snapshot or row.etag == feed.etag):
             continue
         last_modified = feed.last_modified
-        if document is None:
-            document = FeedDocument(key=key.name, format=fmt)
-            session.add(document)
-        elif last_modified <= document.last_modified:
-            last_modified = max(document.last_modified + timedelta(seconds=1), now)
-        document.body = feed.body
-        document.etag = feed.etag
-        document.last_modified = last_modified
-        document.rendered_at = snapshot
-        changed.append(document)
+        if row is not None and last_modified <= row.last_modified:
+            last_modified = max(row.last_modified + timedelta(seconds=1), now)
+        values = {"body": feed.body, "etag": feed.etag, "last_modified": last_modified,
+                  "rendered_at": snapshot}  # fmt: skip
+        if row is None:
+            session.execute(insert(FeedDocument).values(key=key.name, format=fmt, **values))
+        else:
+            where = (FeedDocument.key == key.name, FeedDocument.format == fmt)
+            session.execute(update(FeedDocument).where(*where).values(values))
+        changed.append(FeedDocument(key=key.name, format=fmt, **values))
     return changed
 
 
@@ -185,9 +230,11 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
     snapshot = utcnow()
     with session_scope(read_only=True) as session:
         previous_render = session.scalar(select(Feed.rendered_at).where(Feed.key == name))
-        stories = stories_for(session, key, limit=settings.feed_size)
-        rendered = render_documents(key, stories)
-        fresh = _fresh_changes(stories, since=previous_render) if key.kind == "all" else []
+        items, moments = items_for(session, key, limit=settings.feed_size)
+    rendered = render_item_documents(key, items)
+    fresh = [moment for moment in moments if moment > previous_render] if previous_render else []
+    if key.kind != "all":
+        fresh = []
     with session_scope() as session:
         changed = store_documents(session, key, rendered, snapshot=snapshot)
         session.execute(
@@ -205,16 +252,8 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
             after_commit(session, lambda: _announce_stored(name))
     if changed:
         _observe_latency(fresh, stored_at=utcnow())
-    log.info("feed %s rendered from %d stories; changed: %s", name, len(stories), ",".join(formats) or "none")
+    log.info("feed %s rendered from %d stories; changed: %s", name, len(items), ",".join(formats) or "none")
     return formats
-
-
-def _fresh_changes(stories: Sequence[Story], *, since: datetime | None) -> list[datetime]:
-    """When the stories changed that were not in the feed's previous render."""
-    if since is None:
-        return []
-    moments = [max(filter(None, (story.published_at, story.updated_at))) for story in stories]
-    return [moment for moment in moments if moment > since]
 
 
 def _observe_latency(changes: list[datetime], *, stored_at: datetime) -> None:
@@ -244,11 +283,11 @@ class RoundOutcome:
     retry_in: float | None = None
 
 
-def note_change() -> None:
-    """Count a story change, for the rate that sets the rounds' spacing."""
+def note_change(count: int = 1) -> None:
+    """Count story changes, for the rate that sets the rounds' spacing."""
     second = int(time.time())
     pipe = get_redis().pipeline()
-    pipe.incr(f"{CHANGES}:{second}")
+    pipe.incrby(f"{CHANGES}:{second}", count)
     pipe.expire(f"{CHANGES}:{second}", 5)
     pipe.execute()
 
@@ -269,12 +308,12 @@ def round_spacing() -> float:
     return min(MAX_ROUND_SPACING, max(ROUND_SPACING, CHANGES_PER_BURST_ROUND / rate))
 
 
-def claim_round() -> float | None:
+def claim_round(*, at_least: float = 0.0) -> float | None:
     """If no round is scheduled, claim the scheduling of the next one; return its delay."""
     redis = get_redis()
-    if not redis.set(ROUND_PENDING, 1, nx=True, px=PENDING_TTL_MS):
+    if not redis.set(ROUND_PENDING, 1, nx=True, px=PENDING_TTL_MS + int(at_least * 1000)):
         return None
-    return max(FIRST_GATHER, _until_next_round())
+    return max(FIRST_GATHER, at_least, _until_next_round())
 
 
 def _until_next_round() -> float:
@@ -305,31 +344,38 @@ def run_round(*, scheduled: bool) -> RoundOutcome:
     if scheduled:
         redis.delete(ROUND_PENDING)
     redis.set(LAST_ROUND, repr(time.time()), ex=60)
-    rendered, unfinished = render_dirty()
-    return RoundOutcome(rendered, retry_in=claim_round() if unfinished else None)
+    rendered, left_in = render_dirty()
+    return RoundOutcome(rendered, retry_in=None if left_in is None else claim_round(at_least=left_in))
 
 
-def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> tuple[int, bool]:
-    """Render dirty feeds for about ``budget`` seconds; return how many, and whether any are left.
+def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> tuple[int, float | None]:
+    """Render dirty feeds for about ``budget`` seconds.
 
-    ``all`` goes first, then the feeds rendered longest ago, so that in a long burst every
-    feed takes its turn while ``all``, the feed most readers poll, stays fresh.
+    Returns how many were rendered, and in how many seconds the dirty feeds left over are
+    due (None when none are). ``all`` goes first, then the feeds rendered longest ago, so
+    that in a long burst every feed takes its turn while ``all`` stays fresh; a feed other
+    than ``all`` waits until ``FEED_INTERVAL`` has passed since its last render.
     """
     started = time.monotonic()
     with session_scope(read_only=True) as session:
         dirty = list(session.execute(
-            select(Feed.key, Feed.dirty_at).where(Feed.dirty_at.is_not(None))
+            select(Feed.key, Feed.dirty_at, Feed.rendered_at).where(Feed.dirty_at.is_not(None))
             .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key).limit(limit)
         ).tuples())  # fmt: skip
     dirty.sort(key=lambda row: row[0] != "all")
     redis = get_redis()
-    rendered, unfinished = 0, False
-    for name, seen in dirty:
+    now = utcnow()
+    rendered, left_in = 0, None
+    for name, seen, last in dirty:
         if rendered and time.monotonic() - started > budget:
-            return rendered, True
+            return rendered, 0.0
+        due_in = 0.0 if name == "all" or last is None else FEED_INTERVAL - (now - last).total_seconds()
+        if due_in > 0:
+            left_in = due_in if left_in is None else min(left_in, due_in)
+            continue
         lock = redis.lock(f"{RENDER_LOCK}:{name}", timeout=RENDER_LOCK_TIMEOUT, blocking=False)
         if not lock.acquire(blocking=False):
-            unfinished = True  # another round is rendering it; its flag says if it must go again
+            left_in = 0.0  # another round is rendering it; its flag says if it must go again
             continue
         try:
             render_feed_now(name, seen=seen)
@@ -341,7 +387,7 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
                 lock.release()
             except Exception:  # it timed out; the dirty flag keeps the work
                 log.warning("feed %s: render lock expired before release", name)
-    return rendered, unfinished
+    return rendered, left_in
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import httpx
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from services.syndicate import partners, service
@@ -14,6 +14,7 @@ from services.syndicate.outbound import drain_outbound, get_outbound
 from shared.celery import app, newsroom_task, send_task
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.events import take_gathered
 from shared.models import utcnow
 from shared.redis import get_redis
 
@@ -25,12 +26,22 @@ SWEEP_QUEUED_SECONDS = 5
 
 
 @newsroom_task("syndicate.story_changed")
-def story_changed(story_id: int, revision: int, event: str, previous: dict[str, Any]) -> None:
-    """Flag the feeds a changed story was or is in, and make sure a render round follows."""
+def story_changed(**_: Any) -> None:
+    """Flag the feeds that every changed story was or is in, and make sure a render round follows.
+
+    The events are gathered (``shared.events.take_gathered``): one run takes all that are
+    pending, so in a burst the feeds are flagged once for many stories.
+    """
     with session_scope() as session:
-        names = service.story_changed(session, story_id=story_id, previous=previous)
-    log.info("story %s r%s %s: feeds %s dirty", story_id, revision, event, ", ".join(names))
-    service.note_change()
+        events = take_gathered(session, "syndicate.story_changed")
+        changes = [kwargs for _, kwargs in events]
+        names = service.stories_changed(session, changes)
+    if not changes:
+        return
+    log.info("%d story changes (%s): feeds %s dirty", len(changes),
+             ", ".join(f"{c.get('story_id')} r{c.get('revision')} {c.get('event')}" for c in changes[:20]),
+             ", ".join(names[:50]))  # fmt: skip
+    service.note_change(len(changes))
     _schedule_round(service.claim_round())
 
 
@@ -109,7 +120,8 @@ async def _ping(client: httpx.AsyncClient, hub: str, url: str) -> None:
     log.info("hub %s told of %s: %s", hub, url, response.status_code)
 
 
-@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # a solo worker
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]  # a prefork child
 def _finish_outbound(**_: Any) -> None:
     # A delivery cut off here is tried again when its lease ends; hub pings are best effort.
     drain_outbound(timeout=5.0)
