@@ -57,6 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         return
     argv = ["worker", "-Q", args.queues, "-P", args.pool, "--loglevel", args.loglevel,
             "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+    celery.worker_process()
     if args.pool == "solo":
         # A solo worker runs tasks in its main thread, where Celery enforces no time limit.
         celery.enforce_time_limits()
@@ -384,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["solo", "prefork"],
         help="solo: one process per -c, each taking its own messages (the default)",
     )
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default=os.environ.get("NEWSROOM_LOG_LEVEL", "INFO"),
+                        help="default: NEWSROOM_LOG_LEVEL, else INFO")  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     commands.add_parser("scheduler", help="the scheduler loop").set_defaults(func=cmd_scheduler)

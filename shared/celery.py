@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -74,6 +75,47 @@ def _after_fork(**_: Any) -> None:
 R = TypeVar("R")
 
 _time_limits = False
+_in_worker = False
+# Task bodies by name, for running an event's task in the worker that emitted it.
+_bodies: dict[str, Callable[..., Any]] = {}
+_running_here: ContextVar[bool] = ContextVar("running_here", default=False)
+
+
+def worker_process() -> None:
+    """Mark this process as a worker: events emitted with ``here`` may run in it."""
+    global _in_worker
+    _in_worker = True
+
+
+def run_here(event_id: int, task: str, kwargs: dict[str, Any]) -> bool:
+    """Run an outbox event's task in this worker, right after the commit that wrote it.
+
+    Returns False, and leaves the event to the broker, when this is no worker, the task is
+    unknown here, this is already such a run, or the run failed for a reason worth a retry.
+    """
+    body = _bodies.get(task)
+    if body is None or not _in_worker or _running_here.get():
+        return False
+    from shared.events import mark_done, running_event
+
+    here = _running_here.set(True)
+    token = running_event.set(event_id)
+    try:
+        body(**kwargs)
+    except SkipEvent as skip:
+        log.info("task %s skipped: %s", task, skip.detail)
+    except PermanentError as error:
+        record_failure(task, kwargs, error.detail)
+    except Exception as error:
+        log.warning("task %s %s failed here, queued for a worker: %r", task, kwargs, error)
+        return False
+    finally:
+        unmarked = running_event.get() is not None
+        running_event.reset(token)
+        _running_here.reset(here)
+    if unmarked:  # no write transaction carried the done mark
+        mark_done(event_id)
+    return True
 
 
 def enforce_time_limits() -> None:
@@ -127,6 +169,8 @@ def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[...
     """Register a thin task: stable name, retries for transient faults, failures recorded."""
 
     def decorator(func: Callable[..., R]) -> Task:
+        _bodies[name] = func
+
         @app.task(name=name, bind=True, max_retries=len(TRANSIENT_RETRY_DELAYS))  # type: ignore[untyped-decorator]
         @wraps(func)
         def run(self: Task, **kwargs: Any) -> R | None:

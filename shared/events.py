@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Collection
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
@@ -34,7 +35,9 @@ DELIVERY_GRACE = timedelta(seconds=10)
 STORY_EVENTS = ("story.published", "story.updated", "story.killed")
 
 
-def emit(session: Session, task: str, *, gather: bool = False, **kwargs: Any) -> OutboxEvent:
+def emit(
+    session: Session, task: str, *, gather: bool = False, here: bool = False, **kwargs: Any
+) -> OutboxEvent:
     """Write a task to the outbox in the current transaction; it is sent after commit.
 
     The row is written as sent (``sent_at``) because the post-commit relay sends it
@@ -44,19 +47,24 @@ def emit(session: Session, task: str, *, gather: bool = False, **kwargs: Any) ->
     A ``gather`` event is not sent on its own: one message, sent unless one is already
     on its way, makes a worker take every pending event of the task (``take_gathered``).
     Under load one task run then does the work of many events.
+
+    A ``here`` event, emitted by a task in a worker, is run by that worker right after the
+    commit (``shared.celery.run_here``), saving the trip through the broker; if that run
+    fails, or the process dies first, it goes to the broker like any other.
     """
     now = utcnow()
     event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=now, sent_at=now, gather=gather)
     session.add(event)
     session.flush()
-    pending: list[OutboxEvent] = session.info.setdefault("outbox_events", [])
+    pending: list[tuple[OutboxEvent, bool]] = session.info.setdefault("outbox_events", [])
     if not pending:
 
         def send() -> None:
-            relay([(e.id, e.task, e.kwargs, e.attempts, e.gather) for e in pending])
+            relay([(e.id, e.task, e.kwargs, e.attempts, e.gather) for e, _ in pending],
+                  here={e.id for e, here in pending if here})  # fmt: skip
 
         after_commit(session, send)
-    pending.append(event)
+    pending.append((event, here))
     return event
 
 
@@ -68,13 +76,18 @@ GATHER_PENDING = "newsroom:outbox:gather"
 GATHER_PENDING_MS = 2000
 
 
-def relay(events: list[Outgoing]) -> int:
-    """Send outbox events to the broker; the ones it did not take are left for the sweep."""
-    from shared.celery import send_task
+def relay(events: list[Outgoing], *, here: Collection[int] = ()) -> int:
+    """Send outbox events to the broker; the ones it did not take are left for the sweep.
+
+    Events in ``here`` are run in this worker process first, if it is one.
+    """
+    from shared.celery import run_here, send_task
 
     failed: list[int] = []
     gathered: set[str] = set()
     for event_id, task, kwargs, attempts, gather in events:
+        if event_id in here and run_here(event_id, task, kwargs):
+            continue
         if failed:  # the broker is down: do not wait on it once per event
             failed.append(event_id)
             continue
@@ -268,15 +281,7 @@ def announce_story(
     settings = get_settings()
     now = utcnow()
     pubstatus = "canceled" if event == "story.killed" else "usable"
-    body = json.dumps(
-        {
-            "type": event,
-            "timestamp": now.isoformat().replace("+00:00", "Z"),
-            "data": story_to_ninjs(story, settings=settings, pubstatus=pubstatus),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    body: str | None = None  # the payload, built for the first partner that gets it
     deliveries = []
     # A take-down goes to the partners that were told of the story, and only to them.
     told = (
@@ -289,6 +294,16 @@ def announce_story(
             continue
         if told is None and not partner_matches(partner, story, previous):
             continue
+        if body is None:
+            body = json.dumps(
+                {
+                    "type": event,
+                    "timestamp": now.isoformat().replace("+00:00", "Z"),
+                    "data": story_to_ninjs(story, settings=settings, pubstatus=pubstatus),
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
         delivery = Delivery(
             id=new_delivery_id(),
             partner_id=partner.id,

@@ -50,11 +50,11 @@ async def _read_limited(request: Request, limit: int) -> tuple[bytes, int | None
 @router.post("/wire/{source_name}", status_code=202)
 async def post_wire(source_name: str, request: Request, caller: PrincipalDep) -> JSONResponse:
     """Accept a wire post: store it untouched, check it, queue it."""
-    source_id = await run_in_threadpool(_authorize, source_name, caller)
+    source = await run_in_threadpool(_authorize, source_name, caller)
     settings = get_settings()
     body, oversize = await _read_limited(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type")
-    result = await run_in_threadpool(_store, source_id, content_type, body, oversize)
+    result = await run_in_threadpool(_store, source, content_type, body, oversize)
     if result.status != 202:
         return JSONResponse({"error": result.error, "detail": result.detail, "receipt": result.receipt_id},
                             status_code=result.status)  # fmt: skip
@@ -65,24 +65,29 @@ async def post_wire(source_name: str, request: Request, caller: PrincipalDep) ->
     )  # fmt: skip
 
 
-def _authorize(source_name: str, caller: Principal) -> int:
+def _authorize(source_name: str, caller: Principal) -> Source:
     with session_scope(read_only=True) as session:
-        source_id = session.scalar(select(Source.id).where(Source.name == source_name))
-    if source_id is None:
+        source = session.scalar(select(Source).where(Source.name == source_name))
+    if source is None:
         if caller.role == "admin":
             raise NotFound(f"source {source_name!r} not found")
         raise Forbidden("this token cannot post to that source")
-    if caller.role != "admin" and (caller.role != "wire" or caller.source_id != source_id):
+    if caller.role != "admin" and (caller.role != "wire" or caller.source_id != source.id):
         raise Forbidden("this token cannot post to that source")
-    return source_id
+    return source
 
 
-def _store(source_id: int, content_type: str | None, body: bytes, oversize: int | None) -> service.PostResult:
+def _store(source: Source, content_type: str | None, body: bytes, oversize: int | None) -> service.PostResult:
     limit = get_settings().max_body_bytes
+    # Checked before the write transaction: on SQLite writers take turns, and parsing is slow.
+    check = (
+        service.check_post(source=source, content_type=content_type, body=body) if oversize is None else None
+    )
     with session_scope() as session:
-        source = session.get_one(Source, source_id)
-        if oversize is None:
-            return service.accept_post(session, source=source, content_type=content_type, body=body)
+        if check is not None:
+            return service.accept_post(
+                session, source=source, content_type=content_type, body=body, check=check
+            )
         detail = f"the body is over {limit} bytes; the first {len(body)} bytes are kept"
         receipt = Receipt(source_id=source.id, content_type=content_type, body=body, size=oversize,
                           status="rejected", processed_at=utcnow(),

@@ -85,27 +85,49 @@ def add_source(
     return source, token
 
 
-def accept_post(session: Session, *, source: Source, content_type: str | None, body: bytes) -> PostResult:
-    """Store a post's raw bytes as a receipt, check it, and queue it for ingest."""
+@dataclass(frozen=True, slots=True)
+class PostCheck:
+    """What checking a post found: its format, and its status (202, or why it is refused)."""
+
+    format: str | None
+    status: int
+    items: int | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+def check_post(*, source: Source, content_type: str | None, body: bytes) -> PostCheck:
+    """Parse a post to answer for it; needs no transaction, so none waits on the parsing."""
     fmt = format_for_content_type(content_type, source.format)
-    receipt = Receipt(source_id=source.id, content_type=content_type, format=fmt, body=body, size=len(body))
-    session.add(receipt)
     if fmt is None:
-        return _reject(session, receipt, 415, "unsupported_media_type",
-                       f"unknown Content-Type {content_type!r}")  # fmt: skip
+        return PostCheck(
+            None, 415, error="unsupported_media_type", detail=f"unknown Content-Type {content_type!r}"
+        )
     try:
         parsed = parse(fmt, body, default_tz=ZoneInfo(source.timezone))
     except MalformedPost as error:
-        return _reject(session, receipt, 400, "malformed", str(error))
-    good = [item for item in parsed if isinstance(item, ParsedItem)]
-    receipt.item_count = len(parsed)
-    if not good:
+        return PostCheck(fmt, 400, error="malformed", detail=str(error))
+    if not any(isinstance(item, ParsedItem) for item in parsed):
         reasons = "; ".join(_describe(item) for item in parsed if isinstance(item, ItemError))
-        return _reject(session, receipt, 422, "unprocessable", reasons or "the post has no items")
+        return PostCheck(fmt, 422, len(parsed), "unprocessable", reasons or "the post has no items")
+    return PostCheck(fmt, 202, len(parsed))
+
+
+def accept_post(
+    session: Session, *, source: Source, content_type: str | None, body: bytes, check: PostCheck | None = None
+) -> PostResult:
+    """Store a post's raw bytes as a receipt, with its check (``check_post``), and queue it for ingest."""
+    if check is None:
+        check = check_post(source=source, content_type=content_type, body=body)
+    receipt = Receipt(source_id=source.id, content_type=content_type, format=check.format, body=body,
+                      size=len(body), item_count=check.items)  # fmt: skip
+    session.add(receipt)
+    if check.status != 202:
+        return _reject(session, receipt, check.status, check.error or "", check.detail or "")
     session.flush()
     emit(session, "ingest.process_receipt", receipt_id=receipt.id)
-    log.info("receipt %s from %s: %d items queued", receipt.id, source.name, len(parsed))
-    return PostResult(receipt=receipt, status=202, items=len(parsed))
+    log.info("receipt %s from %s: %d items queued", receipt.id, source.name, check.items)
+    return PostResult(receipt=receipt, status=202, items=check.items or 0)
 
 
 def _describe(error: ItemError) -> str:
@@ -143,8 +165,43 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
     return receipt
 
 
-def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
-    """Turn a pending receipt's items into stories; idempotent (a done receipt is skipped)."""
+@dataclass(frozen=True, slots=True)
+class ParsedReceipt:
+    """A pending receipt's items, parsed before the transaction that stores them."""
+
+    receipt_id: int
+    format: str | None
+    attempts: int
+    items: list[ParsedItem | ItemError] | MalformedPost | None
+
+
+def parse_receipt(session: Session, receipt_id: int) -> ParsedReceipt:
+    """Read a pending receipt and parse it (a reading session is enough: nothing waits on it)."""
+    receipt = session.get(Receipt, receipt_id)
+    if receipt is None:
+        raise NotFound(f"receipt {receipt_id} not found")
+    if receipt.status != "pending":
+        raise SkipEvent(f"receipt {receipt_id} is {receipt.status}")
+    source = session.get_one(Source, receipt.source_id)
+    return ParsedReceipt(receipt.id, receipt.format, receipt.attempts, _parse_receipt(receipt, source))
+
+
+def _parse_receipt(receipt: Receipt, source: Source) -> list[ParsedItem | ItemError] | MalformedPost | None:
+    if receipt.format is None:
+        return None
+    try:
+        return list(parse(receipt.format, receipt.body, default_tz=ZoneInfo(source.timezone)))
+    except MalformedPost as error:
+        return error
+
+
+def process_receipt(
+    session: Session, receipt_id: int, *, parsed: ParsedReceipt | None = None
+) -> list[ReceiptItem]:
+    """Turn a pending receipt's items into stories; idempotent (a done receipt is skipped).
+
+    ``parsed`` (from ``parse_receipt``) is used if the receipt has not changed since.
+    """
     receipt = session.scalars(select(Receipt).where(Receipt.id == receipt_id).with_for_update()).first()
     if receipt is None:
         raise NotFound(f"receipt {receipt_id} not found")
@@ -154,7 +211,9 @@ def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
     assert source is not None
     if receipt.attempts:  # processed before (and sent back by a retry): its old rows go
         session.execute(delete(ReceiptItem).where(ReceiptItem.receipt_id == receipt.id))
-    outcomes = _process(session, receipt, source)
+    fresh = parsed is not None and (parsed.format, parsed.attempts) == (receipt.format, receipt.attempts)
+    items = parsed.items if parsed is not None and fresh else _parse_receipt(receipt, source)
+    outcomes = _process(session, receipt, source, items)
     # Counted last, so that the items' savepoints do not each flush the receipt first.
     receipt.attempts += 1
     session.flush()
@@ -164,14 +223,17 @@ def process_receipt(session: Session, receipt_id: int) -> list[ReceiptItem]:
     return outcomes
 
 
-def _process(session: Session, receipt: Receipt, source: Source) -> list[ReceiptItem]:
-    if receipt.format is None:
+def _process(
+    session: Session,
+    receipt: Receipt,
+    source: Source,
+    parsed: list[ParsedItem | ItemError] | MalformedPost | None,
+) -> list[ReceiptItem]:
+    if parsed is None:
         _reject(session, receipt, 415, "unsupported_media_type", "unknown Content-Type")
         return []
-    try:
-        parsed = parse(receipt.format, receipt.body, default_tz=ZoneInfo(source.timezone))
-    except MalformedPost as error:
-        _reject(session, receipt, 400, "malformed", str(error))
+    if isinstance(parsed, MalformedPost):
+        _reject(session, receipt, 400, "malformed", str(parsed))
         return []
     outcomes = []
     for position, item in enumerate(parsed):
@@ -358,7 +420,8 @@ def _after_ingest(session: Session, source: Source, story: Story, item: ParsedIt
         return
     if item.pubstatus == "usable" and source.auto_publish:
         # The publish task honours the item's embargo by scheduling it.
-        emit(session, "publish.publish_story", story_id=story.id,
+        # Run by this worker right after the commit: no trip through the broker.
+        emit(session, "publish.publish_story", here=True, story_id=story.id,
              actor=f"source:{source.name}", expected_version=story.revision)  # fmt: skip
 
 

@@ -10,8 +10,11 @@ from shared.db import session_scope
 @newsroom_task("ingest.process_receipt")
 def process_receipt(receipt_id: int) -> None:
     """Turn a stored post's items into stories."""
+    # Parsed first, outside the write transaction: on SQLite writers take turns.
+    with session_scope(read_only=True) as session:
+        parsed = service.parse_receipt(session, receipt_id)
     with session_scope() as session:
-        service.process_receipt(session, receipt_id)
+        service.process_receipt(session, receipt_id, parsed=parsed)
 
 
 @newsroom_task("ingest.poll_source")

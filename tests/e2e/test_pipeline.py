@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import feedparser
@@ -41,7 +42,7 @@ def ninjs_item(uri: str, headline: str, **extra: Any) -> dict[str, Any]:
 def partner(pipeline: Pipeline) -> Any:
     server = PartnerServer()
     with session_scope() as session:
-        row = add_partner(session, name=f"partner-{id(server)}", url=server.url)
+        row = add_partner(session, name=f"partner-{secrets.token_hex(4)}", url=server.url)
         server.secret = row.secret  # type: ignore[attr-defined]
         server.name = row.name  # type: ignore[attr-defined]
     yield server
