@@ -1,7 +1,8 @@
 """The pipeline under load, beside the baseline of an empty three-hop Celery chain.
 
 Measures, on this machine, in one run:
-- the baseline chain on the same Redis (latency p50/p99, chains/s, one worker with two processes);
+- the baseline chain on the same Redis (latency p50/p99, chains/s, one worker with two processes),
+  and the same chain on two single-process workers, as the pipeline's workers run;
 - wire post -> story visible in /feeds/all.atom: latency p50/p95/p99 at a steady rate;
 - sustained throughput: N posts as fast as they are accepted, until all are published and in the feed;
 - both again with an archive of stories already stored, on SQLite and PostgreSQL;
@@ -74,16 +75,21 @@ def peak_rss_mb(pid: int) -> float:
 # --- the baseline ---------------------------------------------------------------------------
 
 
-def chain_baseline(broker: str, *, chains: int = 2000) -> dict[str, Any]:
-    """An empty three-hop chain on one worker with two processes: latency and rate."""
+def chain_baseline(broker: str, *, chains: int = 2000, solo: bool = False) -> dict[str, Any]:
+    """An empty three-hop chain on one worker with two processes: latency and rate.
+
+    ``solo``: on two single-process workers instead, as ``newsroom worker -c 2`` runs.
+    """
     env = {**os.environ, "BENCH_BROKER_URL": broker}
     client = redis_lib.Redis.from_url(broker)
     client.flushdb()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.chain", "worker", "-c", "2", "-P", "prefork",
-         "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    pool = ["-P", "solo"] if solo else ["-c", "2", "-P", "prefork"]
+    command = [sys.executable, "-m", "celery", "-A", "bench.chain", "worker", *pool, "--loglevel", "WARNING",
+               "--without-gossip", "--without-mingle"]  # fmt: skip
+    workers = []
+    for n in range(2 if solo else 1):
+        workers.append(subprocess.Popen([*command, "-n", f"chain{n}@%h"], env=env, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
     from bench.chain import app, hop1
 
     app.conf.broker_url = broker
@@ -104,8 +110,9 @@ def chain_baseline(broker: str, *, chains: int = 2000) -> dict[str, Any]:
             client.blpop(["bench:done"], timeout=60)
         elapsed = time.perf_counter() - started
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
+        for worker in workers:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
     return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
             "chains_per_s": round(chains / elapsed, 1)}  # fmt: skip
 
@@ -320,6 +327,7 @@ def run() -> dict[str, Any]:
         own.start()
         try:
             results["baseline_chain"] = chain_baseline(own.url)
+            results["baseline_chain_two_solo_workers"] = chain_baseline(own.url, solo=True)
         finally:
             own.stop()
         for backend in BACKENDS:
@@ -350,6 +358,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         checks[f"{backend}_sustained_ge_half_chain_rate"] = (
             empty["sustained"]["posts_per_s"] >= chain_rate / 2
         )
+        ratio = empty["sustained"]["posts_per_s"] / chain_rate
+        checks[f"{backend}_sustained_over_chain_rate"] = round(ratio, 3)
         if full:
             p99_growth = full["steady"]["p99_ms"] / max(empty["steady"]["p99_ms"], 1e-9) - 1
             rate_drop = 1 - full["sustained"]["posts_per_s"] / max(empty["sustained"]["posts_per_s"], 1e-9)

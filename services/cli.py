@@ -69,10 +69,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def _supervise_workers(args: argparse.Namespace) -> None:
     """Run ``-c`` single-process workers and restart any that dies.
 
-    A prefork worker's parent passes every message on to a child through a pipe, which
-    costs about as much CPU as the message itself; single-process workers each take
-    their messages straight from Redis. They share this process group, so stopping the
-    group stops them all.
+    A prefork worker's parent passes every message on to a child through a pipe;
+    single-process workers each take their messages straight from Redis. On a 2-core
+    machine two of them ran an empty three-hop chain at 198-241 chains/s, against
+    108-147 for one prefork worker with two processes. They share this process group,
+    so stopping the group stops them all.
     """
     import time
 
