@@ -23,14 +23,17 @@ LATENCY_KEY = "newsroom:metrics:publish_to_feed"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def observe_publish_to_feed(seconds: float) -> None:
-    """Count one publish-to-feed latency into the shared histogram in Redis."""
+def observe_publish_to_feed(*seconds: float) -> None:
+    """Count publish-to-feed latencies into the shared histogram in Redis (one round trip)."""
     from shared.redis import get_redis
 
-    bucket = next((str(b) for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
+    if not seconds:
+        return
     pipe = get_redis().pipeline()
-    pipe.hincrby(LATENCY_KEY, bucket, 1)
-    pipe.hincrbyfloat(LATENCY_KEY, "sum", seconds)
+    for value in seconds:
+        bucket = next((str(b) for b in LATENCY_BUCKETS if value <= b), "+Inf")
+        pipe.hincrby(LATENCY_KEY, bucket, 1)
+    pipe.hincrbyfloat(LATENCY_KEY, "sum", sum(seconds))
     pipe.execute()
 
 

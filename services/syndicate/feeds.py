@@ -201,7 +201,7 @@ class Item:
     tags: tuple[str, ...]
     language: str | None
     picture: _Picture | None
-    # Its RSS item and Atom entry elements, built once (see ``_entry_element``).
+    # Its RSS item and Atom entry elements and its JSON Feed item, built once per item.
     elements: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -429,8 +429,18 @@ def _json_feed(channel: _Channel, items: Sequence[Item]) -> bytes:
         document["language"] = channel.language
     if channel.hubs:
         document["hubs"] = [{"type": "WebSub", "url": hub} for hub in channel.hubs]
-    document["items"] = [_json_item(item) for item in items]
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # Each item is encoded once and kept with it; "items" is the document's last member.
+    head = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    entries = ",".join(_json_entry(item) for item in items)
+    return f'{head[:-1]},"items":[{entries}]}}'.encode()
+
+
+def _json_entry(item: Item) -> str:
+    encoded = item.elements.get("json")
+    if encoded is None:
+        encoded = json.dumps(_json_item(item), ensure_ascii=False, separators=(",", ":"))
+        item.elements["json"] = encoded
+    return str(encoded)
 
 
 def _json_item(item: Item) -> dict[str, Any]:

@@ -71,6 +71,9 @@ FOLLOW_RATE = 60.0
 ROUND_SPACING = 0.12
 CHANGES_PER_BURST_ROUND = 25
 MAX_ROUND_SPACING = 1.0
+# More messages than this waiting on the ingest and publish queues is a burst too, whatever
+# the rate: the workers are behind, and rounds give way to the stories themselves.
+BACKLOG = 25
 CHANGES = "newsroom:feeds:changes"
 # A scheduled round that never ran (its worker died) stops blocking new ones after this.
 PENDING_TTL_MS = 3000
@@ -258,8 +261,7 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
 
 def _observe_latency(changes: list[datetime], *, stored_at: datetime) -> None:
     try:
-        for moment in changes:
-            observe_publish_to_feed(max(0.0, (stored_at - moment).total_seconds()))
+        observe_publish_to_feed(*(max(0.0, (stored_at - moment).total_seconds()) for moment in changes))
     except Exception as error:  # a metric never fails a render
         log.warning("publish-to-feed latency not recorded: %s", error)
 
@@ -303,9 +305,16 @@ def change_rate() -> float:
 def round_spacing() -> float:
     """How far apart rounds begin: close behind the changes, unless they come in a burst."""
     rate = change_rate()
-    if rate <= FOLLOW_RATE:
+    if rate <= FOLLOW_RATE and not _backlog():
         return ROUND_SPACING
-    return min(MAX_ROUND_SPACING, max(ROUND_SPACING, CHANGES_PER_BURST_ROUND / rate))
+    return min(MAX_ROUND_SPACING, max(ROUND_SPACING, CHANGES_PER_BURST_ROUND / max(rate, 1.0)))
+
+
+def _backlog() -> bool:
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in ("ingest", "publish"):
+        pipe.llen(queue)
+    return sum(int(depth) for depth in pipe.execute()) > BACKLOG
 
 
 def claim_round(*, at_least: float = 0.0) -> float | None:
