@@ -4,7 +4,9 @@ A change marks the feeds it touches dirty (``feeds.dirty_at``, in the database).
 rounds render the dirty feeds (``all`` first, then the feeds rendered longest ago, for
 about ``ROUND_BUDGET`` each) and store their bytes. The first change after a round began
 schedules the next one, ``round_spacing()`` after it: close behind the changes at the rates
-the pipeline is sized for, further apart in a burst. A feed's flag is cleared only when a
+the pipeline is sized for, further apart in a burst. Feeds left dirty because their
+``FEED_INTERVAL`` has not passed get a round of their own when it has, which never holds
+back the round a change schedules. A feed's flag is cleared only when a
 render that saw its last change is stored, and the scheduler's sweep starts a round while
 any feed stays dirty, so a lost message or a dead worker delays a feed but never loses a
 change. Redis holds only the timing (when the last round began, whether one is scheduled,
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 RENDER_LOCK = "newsroom:lock:feed"
 # Set while a render round is scheduled; whoever sets it schedules the round.
 ROUND_PENDING = "newsroom:feeds:round-pending"
+# Set while a round for feeds waiting out their FEED_INTERVAL is scheduled.
+LATER_PENDING = "newsroom:feeds:later-pending"
 # When the last round began (unix seconds).
 LAST_ROUND = "newsroom:feeds:last-round"
 # Feed names whose stored documents changed, for the API's in-memory copies.
@@ -283,6 +287,8 @@ class RoundOutcome:
 
     rendered: int
     retry_in: float | None = None
+    # Feeds left waiting out their interval are due in this many seconds: a round then.
+    later_in: float | None = None
 
 
 def note_change(count: int = 1) -> None:
@@ -317,12 +323,21 @@ def _backlog() -> bool:
     return sum(int(depth) for depth in pipe.execute()) > BACKLOG
 
 
-def claim_round(*, at_least: float = 0.0) -> float | None:
+def claim_round() -> float | None:
     """If no round is scheduled, claim the scheduling of the next one; return its delay."""
     redis = get_redis()
-    if not redis.set(ROUND_PENDING, 1, nx=True, px=PENDING_TTL_MS + int(at_least * 1000)):
+    if not redis.set(ROUND_PENDING, 1, nx=True, px=PENDING_TTL_MS):
         return None
-    return max(FIRST_GATHER, at_least, _until_next_round())
+    return max(FIRST_GATHER, _until_next_round())
+
+
+def claim_later(delay: float) -> bool:
+    """Claim the scheduling of a round for feeds waiting out their interval, due in ``delay``.
+
+    It is kept apart from the rounds changes schedule: a story published meanwhile still
+    reaches ``all`` one round spacing later, not when the slower feeds are due.
+    """
+    return bool(get_redis().set(LATER_PENDING, 1, nx=True, px=max(1, int(delay * 1000))))
 
 
 def _until_next_round() -> float:
@@ -336,8 +351,9 @@ def run_round(*, scheduled: bool) -> RoundOutcome:
     """Render the dirty feeds, unless a round began too recently.
 
     ``scheduled`` rounds were claimed by a change (``claim_round``) and reschedule
-    themselves until they run; the scheduler's sweeps (not scheduled) step aside for
-    a scheduled round and only make sure one exists. Rounds may overlap in different
+    themselves until they run; the scheduler's sweeps and the rounds for feeds waiting out
+    their interval (not scheduled) step aside for a scheduled round and only make sure one
+    exists. Rounds may overlap in different
     processes: each feed is rendered by one of them at a time.
     """
     redis = get_redis()
@@ -354,7 +370,11 @@ def run_round(*, scheduled: bool) -> RoundOutcome:
         redis.delete(ROUND_PENDING)
     redis.set(LAST_ROUND, repr(time.time()), ex=60)
     rendered, left_in = render_dirty()
-    return RoundOutcome(rendered, retry_in=None if left_in is None else claim_round(at_least=left_in))
+    if left_in is None:
+        return RoundOutcome(rendered)
+    if left_in <= 0:  # out of time, or a feed was being rendered elsewhere: go on soon
+        return RoundOutcome(rendered, retry_in=claim_round())
+    return RoundOutcome(rendered, later_in=left_in if claim_later(left_in) else None)
 
 
 def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> tuple[int, float | None]:

@@ -52,13 +52,16 @@ def render_feeds(scheduled: bool = False) -> None:
     if outcome.rendered:
         log.info("render round: %d feeds", outcome.rendered)
     _schedule_round(outcome.retry_in)
+    if outcome.later_in is not None:
+        # An unscheduled round: it steps aside if a change has scheduled one by then.
+        _schedule_round(outcome.later_in, scheduled=False)
 
 
-def _schedule_round(delay: float | None) -> None:
+def _schedule_round(delay: float | None, *, scheduled: bool = True) -> None:
     if delay is None:
         return
     # A short countdown, not a long one: if it is lost, the scheduler's sweep renders.
-    app.send_task("syndicate.render_feeds", kwargs={"scheduled": True}, countdown=max(0.0, delay),
+    app.send_task("syndicate.render_feeds", kwargs={"scheduled": scheduled}, countdown=max(0.0, delay),
                   expires=30)  # fmt: skip
 
 
