@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.errors import PermanentError, SkipEvent, TransientError
@@ -78,7 +79,10 @@ _time_limits = False
 _in_worker = False
 # Task bodies by name, for running an event's task in the worker that emitted it.
 _bodies: dict[str, Callable[..., Any]] = {}
-_running_here: ContextVar[bool] = ContextVar("running_here", default=False)
+# How deep runs in the emitting worker are nested (a batch of publishes run after the batch
+# of ingests that emitted them, and the feed flags after those).
+_running_here: ContextVar[int] = ContextVar("running_here", default=0)
+MAX_HERE_DEPTH = 2
 
 
 def worker_process() -> None:
@@ -87,18 +91,21 @@ def worker_process() -> None:
     _in_worker = True
 
 
-def run_here(event_id: int, task: str, kwargs: dict[str, Any]) -> bool:
+def run_here(event_id: int | None, task: str, kwargs: dict[str, Any]) -> bool:
     """Run an outbox event's task in this worker, right after the commit that wrote it.
 
+    ``event_id`` None runs a gathered task, which takes its pending events itself.
     Returns False, and leaves the event to the broker, when this is no worker, the task is
-    unknown here, this is already such a run, or the run failed for a reason worth a retry.
+    unknown here, such runs are nested too deep already, or the run failed for a reason
+    worth a retry.
     """
     body = _bodies.get(task)
-    if body is None or not _in_worker or _running_here.get():
+    depth = _running_here.get()
+    if body is None or not _in_worker or depth >= MAX_HERE_DEPTH:
         return False
     from shared.events import mark_done, running_event
 
-    here = _running_here.set(True)
+    here = _running_here.set(depth + 1)
     token = running_event.set(event_id)
     try:
         body(**kwargs)
@@ -113,7 +120,7 @@ def run_here(event_id: int, task: str, kwargs: dict[str, Any]) -> bool:
         unmarked = running_event.get() is not None
         running_event.reset(token)
         _running_here.reset(here)
-    if unmarked:  # no write transaction carried the done mark
+    if unmarked and event_id is not None:  # no write transaction carried the done mark
         mark_done(event_id)
     return True
 
@@ -240,6 +247,91 @@ def _run(self: Task, func: Callable[..., R], name: str, max_failures: int, **kwa
             return None
         log.warning("task %s %s failed, retry %d", name, kwargs, retries + 1, exc_info=True)
         raise self.retry(countdown=TRANSIENT_RETRY_DELAYS[retries], exc=error) from error
+
+
+def run_gathered(
+    task: str,
+    step: Callable[[Session, dict[str, Any], Any], None] | None = None,
+    *,
+    limit: int,
+    prepare: Callable[[Session, dict[str, Any]], Any] | None = None,
+    finish: Callable[[Session, list[dict[str, Any]]], None] | None = None,
+) -> int:
+    """Run a batch of a gathered task's pending events in one transaction; returns how many ran.
+
+    Each event's ``step`` runs in a savepoint: an event skipped, or failed for good, is
+    recorded alone and the rest commit; an event that fails otherwise is sent on its own, to
+    be retried and capped like any other, and so is one whose earlier run never finished
+    (its worker died). A database fault fails the whole batch, which the task's retry runs
+    again. ``prepare`` reads what a step needs before the write transaction (on SQLite
+    writers take turns); a step gets None where that failed, and reads for itself.
+    ``finish`` runs last, in the same transaction, with the arguments of the events that
+    ran (without ``step``: of every event taken, and its failure fails the batch).
+    """
+    from shared.db import session_scope
+    from shared.events import claim_gathered, release_claims, send_gathering, take, ungather
+
+    events, more = claim_gathered(task, limit=limit)
+    if not events:  # none waiting, or all taken by other runs
+        return 0
+    together = [event for event in events if event.runs == 1]
+    prepared: dict[int, Any] = {}
+    if prepare is not None and together:
+        with session_scope(read_only=True) as session:
+            for event in together:
+                try:
+                    prepared[event.id] = prepare(session, event.kwargs)
+                except Exception:  # the step reads it again, and meets the problem itself
+                    prepared[event.id] = None
+    failures: list[tuple[dict[str, Any], str]] = []
+    ran: list[dict[str, Any]] = []
+    try:
+        with session_scope() as session:
+            taken = take(session, events)
+            alone = [event for event in events if event.runs > 1 and event.id in taken]
+            outbox: list[Any] = session.info.setdefault("outbox_events", [])
+            for event in together:
+                if event.id not in taken:
+                    continue
+                if step is None:
+                    ran.append(event.kwargs)
+                    continue
+                emitted = len(outbox)
+                try:
+                    with session.begin_nested():
+                        step(session, event.kwargs, prepared.get(event.id))
+                    ran.append(event.kwargs)
+                    continue
+                except SkipEvent as skip:
+                    log.info("task %s %s skipped: %s", task, event.kwargs, skip.detail)
+                except PermanentError as error:
+                    failures.append((event.kwargs, error.detail))
+                except (TransientError, OperationalError, PoolTimeoutError):
+                    raise
+                except Exception:
+                    log.warning("task %s %s failed in a batch; sent on its own", task, event.kwargs,
+                                exc_info=True)  # fmt: skip
+                    alone.append(event)
+                del outbox[emitted:]  # the events its savepoint wrote are gone with it
+            if alone:
+                log.info("task %s: %d events sent on their own", task, len(alone))
+                ungather(session, alone)
+            if finish is not None:
+                finish(session, ran)
+    except BaseException:
+        release_claims(events)
+        raise
+    log.info("task %s: %d events in one run%s: %s", task, len(ran),
+             " here, right after the commit that wrote them" if _running_here.get() else "",
+             ",".join(str(event.id) for event in events))  # fmt: skip
+    for kwargs, detail in failures:
+        record_failure(task, kwargs, detail)
+    if more:
+        try:
+            send_gathering(task)
+        except Exception as error:  # the sweep sends one after the lease
+            log.warning("outbox: no message for the rest of %s: %s", task, error)
+    return len(ran)
 
 
 def record_failure(task: str, kwargs: dict[str, Any], error: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -45,7 +46,8 @@ def emit(
     died) leaves it not done, which the sweep notices after the lease.
 
     A ``gather`` event is not sent on its own: one message, sent unless one is already
-    on its way, makes a worker take every pending event of the task (``take_gathered``).
+    on its way, makes a worker take the pending events of the task in a batch
+    (``shared.celery.run_gathered``).
     Under load one task run then does the work of many events.
 
     A ``here`` event, emitted by a task in a worker, is run by that worker right after the
@@ -57,7 +59,9 @@ def emit(
     session.add(event)
     session.flush()
     pending: list[tuple[OutboxEvent, bool]] = session.info.setdefault("outbox_events", [])
-    if not pending:
+    if not session.info.get("outbox_relay"):
+        # Registered once per transaction (a savepoint rolled back takes its events off the list).
+        session.info["outbox_relay"] = True
 
         def send() -> None:
             relay([(e.id, e.task, e.kwargs, e.attempts, e.gather) for e, _ in pending],
@@ -79,14 +83,19 @@ GATHER_PENDING_MS = 2000
 def relay(events: list[Outgoing], *, here: Collection[int] = ()) -> int:
     """Send outbox events to the broker; the ones it did not take are left for the sweep.
 
-    Events in ``here`` are run in this worker process first, if it is one.
+    Events in ``here`` are run in this worker process first, if it is one (a gathered task
+    once, taking all its pending events).
     """
     from shared.celery import run_here, send_task
 
     failed: list[int] = []
     gathered: set[str] = set()
     for event_id, task, kwargs, attempts, gather in events:
-        if event_id in here and run_here(event_id, task, kwargs):
+        if gather and task in gathered:
+            continue
+        if event_id in here and run_here(None if gather else event_id, task, {} if gather else kwargs):
+            if gather:
+                gathered.add(task)
             continue
         if failed:  # the broker is down: do not wait on it once per event
             failed.append(event_id)
@@ -94,8 +103,8 @@ def relay(events: list[Outgoing], *, here: Collection[int] = ()) -> int:
         try:
             if not gather:
                 send_task(task, kwargs, task_id=f"outbox-{event_id}-{attempts}")
-            elif task not in gathered:
-                _send_gathering(task)
+            else:
+                send_gathering(task)
                 gathered.add(task)
         except Exception as error:
             log.warning("outbox %s: broker unavailable: %s", event_id, error)
@@ -110,7 +119,7 @@ def relay(events: list[Outgoing], *, here: Collection[int] = ()) -> int:
     return len(events) - len(failed)
 
 
-def _send_gathering(task: str) -> None:
+def send_gathering(task: str) -> None:
     """Send the message that gathers ``task``'s events, unless one is on its way."""
     from shared.celery import send_task
     from shared.redis import get_redis
@@ -119,32 +128,108 @@ def _send_gathering(task: str) -> None:
         send_task(task, {}, task_id=f"gather-{task}-{secrets.token_hex(6)}")
 
 
-def take_gathered(session: Session, task: str, *, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
-    """Take the pending events of a gathered task: done when the caller's transaction commits.
+# --- gathered events, taken in batches --------------------------------------------------------
 
-    Called first by the task's run, which clears the "on its way" mark, so an event that
-    commits after this read sends a message of its own.
+# A run's claim on a gathered event (this prefix and the event id): other runs leave it alone.
+GATHER_CLAIM = "newsroom:outbox:claim"
+# How many runs an outbox event's task has started (this prefix and the event id).
+RUNS = "newsroom:runs"
+# Claims every event it can and counts a run of each; returns the counts (0: claimed elsewhere).
+_CLAIM = """
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('SET', KEYS[1] .. ':' .. id, 1, 'NX', 'PX', ARGV[1]) then
+    local runs = redis.call('INCR', KEYS[2] .. ':' .. id)
+    redis.call('EXPIRE', KEYS[2] .. ':' .. id, 86400)
+    out[#out + 1] = runs
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """A pending event of a gathered task, claimed by this run."""
+
+    id: int
+    task: str
+    kwargs: dict[str, Any]
+    attempts: int
+    # Runs started with this event, this one included: more than one means a run that
+    # had it never finished (its worker died), so it is run alone from now on.
+    runs: int
+
+
+def claim_gathered(task: str, *, limit: int) -> tuple[list[Gathered], bool]:
+    """Claim the pending events of a gathered task for this run; and whether more are waiting.
+
+    Clears the "on its way" mark first, so an event that commits after this read sends a
+    message of its own. Events another run has claimed are left to it. The claims are
+    only a courtesy between runs: ``take`` decides in the database who runs an event.
     """
     from shared.redis import get_redis
 
+    redis = get_redis()
     try:
-        get_redis().delete(f"{GATHER_PENDING}:{task}")
+        redis.delete(f"{GATHER_PENDING}:{task}")
     except Exception as error:  # the mark expires on its own
         log.warning("outbox: could not clear the gathering mark of %s: %s", task, error)
-    query = (
-        select(OutboxEvent.id, OutboxEvent.kwargs)
-        .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task, OutboxEvent.gather.is_(True))
-        .order_by(OutboxEvent.id)
-        .limit(limit)
+    with session_scope(read_only=True) as session:
+        rows = session.execute(
+            select(OutboxEvent.id, OutboxEvent.kwargs, OutboxEvent.attempts)
+            .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task, OutboxEvent.gather.is_(True))
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        ).all()
+    if not rows:
+        return [], False
+    lease_ms = int(get_settings().outbox_lease * 1000)
+    runs = redis.eval(_CLAIM, 2, GATHER_CLAIM, RUNS, lease_ms, *(row.id for row in rows))
+    claimed = [Gathered(row.id, task, row.kwargs, row.attempts, int(count))
+               for row, count in zip(rows, runs, strict=True) if int(count)]  # fmt: skip
+    return claimed, len(rows) == limit
+
+
+def take(session: Session, events: Sequence[Gathered]) -> set[int]:
+    """Mark events done in the caller's transaction; returns the ids that were still pending."""
+    if not events:
+        return set()
+    return set(session.scalars(
+        update(OutboxEvent)
+        .where(OutboxEvent.id.in_([event.id for event in events]), OutboxEvent.done_at.is_(None))
+        .values(done_at=utcnow())
+        .returning(OutboxEvent.id)
+    ))  # fmt: skip
+
+
+def ungather(session: Session, events: Sequence[Gathered]) -> None:
+    """Send taken events on their own after commit: a message each, with the task's retries and cap."""
+    if not events:
+        return
+    now = utcnow()
+    session.execute(
+        update(OutboxEvent)
+        .where(OutboxEvent.id.in_([event.id for event in events]))
+        .values(gather=False, done_at=None, sent_at=now, next_try_at=now)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = [(row.id, row.kwargs) for row in session.execute(query)]
-    if rows:
-        session.execute(
-            update(OutboxEvent).where(OutboxEvent.id.in_([row[0] for row in rows])).values(done_at=utcnow())
-        )
-    return rows
+    outgoing = [(event.id, event.task, event.kwargs, event.attempts, False) for event in events]
+    after_commit(session, lambda: relay(outgoing))  # type: ignore[arg-type]
+
+
+def release_claims(events: Sequence[Gathered]) -> None:
+    """Let other runs take these events again (the run that claimed them failed)."""
+    from shared.redis import get_redis
+
+    if not events:
+        return
+    try:
+        get_redis().delete(*(f"{GATHER_CLAIM}:{event.id}" for event in events))
+    except Exception as error:  # the claims expire on their own
+        log.warning("outbox: claims not released: %s", error)
 
 
 def sweep(limit: int = 500) -> int:
@@ -321,6 +406,7 @@ def announce_story(
         session,
         "syndicate.story_changed",
         gather=True,
+        here=True,
         story_id=story.id,
         revision=story.revision,
         event=event,

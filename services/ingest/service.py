@@ -125,7 +125,8 @@ def accept_post(
     if check.status != 202:
         return _reject(session, receipt, check.status, check.error or "", check.detail or "")
     session.flush()
-    emit(session, "ingest.process_receipt", receipt_id=receipt.id)
+    # Gathered: under load a worker takes many posts in one run.
+    emit(session, "ingest.process_receipt", gather=True, receipt_id=receipt.id)
     log.info("receipt %s from %s: %d items queued", receipt.id, source.name, check.items)
     return PostResult(receipt=receipt, status=202, items=check.items or 0)
 
@@ -420,8 +421,9 @@ def _after_ingest(session: Session, source: Source, story: Story, item: ParsedIt
         return
     if item.pubstatus == "usable" and source.auto_publish:
         # The publish task honours the item's embargo by scheduling it.
-        # Run by this worker right after the commit: no trip through the broker.
-        emit(session, "publish.publish_story", here=True, story_id=story.id,
+        # Run by this worker right after the commit, in one batch with the other stories of
+        # its run: no trip through the broker.
+        emit(session, "publish.publish_story", gather=True, here=True, story_id=story.id,
              actor=f"source:{source.name}", expected_version=story.revision)  # fmt: skip
 
 

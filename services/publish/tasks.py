@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from services.publish import service
-from shared.celery import newsroom_task
+from shared.celery import newsroom_task, run_gathered
 from shared.db import session_scope
 from shared.errors import Conflict, SkipEvent, TransientError
+
+# Auto-publishes taken in one transaction by a gathered run.
+BATCH = 50
 
 
 @contextmanager
@@ -25,12 +30,26 @@ def _story_changed_is_not_a_failure(story_id: int) -> Iterator[None]:
 
 
 @newsroom_task("publish.publish_story")
-def publish_story(story_id: int, actor: str | None = None, expected_version: int | None = None) -> None:
-    """Publish a story (an auto-publish source's item); its embargo schedules it."""
-    with _story_changed_is_not_a_failure(story_id), session_scope() as session:
-        service.publish_story(
-            session, story_id=story_id, actor=actor, expected_version=expected_version, automatic=True
-        )
+def publish_story(
+    story_id: int | None = None, actor: str | None = None, expected_version: int | None = None
+) -> None:
+    """Publish a story (an auto-publish source's item); its embargo schedules it.
+
+    Without a story, a batch of the gathered ones waiting, in one transaction
+    (``shared.celery.run_gathered``).
+    """
+    if story_id is None:
+        run_gathered("publish.publish_story", _publish, limit=BATCH)
+        return
+    with session_scope() as session:
+        _publish(session, {"story_id": story_id, "actor": actor, "expected_version": expected_version})
+
+
+def _publish(session: Session, kwargs: dict[str, Any], _: object = None) -> None:
+    story_id = kwargs["story_id"]
+    with _story_changed_is_not_a_failure(story_id):
+        service.publish_story(session, story_id=story_id, actor=kwargs.get("actor"),
+                              expected_version=kwargs.get("expected_version"), automatic=True)  # fmt: skip
 
 
 @newsroom_task("publish.publish_due")

@@ -7,35 +7,46 @@ from typing import Any
 
 import httpx
 from celery.signals import worker_process_shutdown, worker_shutdown
+from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from services.syndicate import partners, service
 from services.syndicate.outbound import drain_outbound, get_outbound
-from shared.celery import app, newsroom_task, send_task
+from shared.celery import app, newsroom_task, run_gathered, send_task
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.events import take_gathered
 from shared.models import utcnow
 from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
 
 HUB_TIMEOUT = 10.0
+# Story changes taken in one transaction by a gathered run.
+CHANGES_BATCH = 500
 # A delivery queued by a sweep is not queued again by the next few sweeps.
 SWEEP_QUEUED_SECONDS = 5
 
 
 @newsroom_task("syndicate.story_changed")
-def story_changed(**_: Any) -> None:
+def story_changed(**change: Any) -> None:
     """Flag the feeds that every changed story was or is in, and make sure a render round follows.
 
-    The events are gathered (``shared.events.take_gathered``): one run takes all that are
-    pending, so in a burst the feeds are flagged once for many stories.
+    The events are gathered (``shared.celery.run_gathered``): one run takes all that are
+    pending, so in a burst the feeds are flagged once for many stories. An event sent on
+    its own carries its change.
     """
-    with session_scope() as session:
-        events = take_gathered(session, "syndicate.story_changed")
-        changes = [kwargs for _, kwargs in events]
-        names = service.stories_changed(session, changes)
+    changes: list[dict[str, Any]] = []
+    names: list[str] = []
+
+    def flag(session: Session, taken: list[dict[str, Any]]) -> None:
+        changes.extend(taken)
+        names.extend(service.stories_changed(session, changes))
+
+    if change:
+        with session_scope() as session:
+            flag(session, [change])
+    else:
+        run_gathered("syndicate.story_changed", limit=CHANGES_BATCH, finish=flag)
     if not changes:
         return
     log.info("%d story changes (%s): feeds %s dirty", len(changes),
