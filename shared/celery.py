@@ -271,18 +271,17 @@ def run_gathered(
     from shared.db import session_scope
     from shared.events import claim_gathered, release_claims, send_gathering, take, ungather
 
-    events, more = claim_gathered(task, limit=limit)
+    prepared: dict[int, Any] = {}
+    with session_scope(read_only=True) as session:
+        events, more = claim_gathered(session, task, limit=limit)
+        together = [event for event in events if event.runs == 1]
+        for event in together:
+            try:
+                prepared[event.id] = prepare(session, event.kwargs) if prepare is not None else None
+            except Exception:  # the step reads it again, and meets the problem itself
+                prepared[event.id] = None
     if not events:  # none waiting, or all taken by other runs
         return 0
-    together = [event for event in events if event.runs == 1]
-    prepared: dict[int, Any] = {}
-    if prepare is not None and together:
-        with session_scope(read_only=True) as session:
-            for event in together:
-                try:
-                    prepared[event.id] = prepare(session, event.kwargs)
-                except Exception:  # the step reads it again, and meets the problem itself
-                    prepared[event.id] = None
     failures: list[tuple[dict[str, Any], str]] = []
     ran: list[dict[str, Any]] = []
     try:

@@ -164,12 +164,13 @@ class Gathered:
     runs: int
 
 
-def claim_gathered(task: str, *, limit: int) -> tuple[list[Gathered], bool]:
+def claim_gathered(session: Session, task: str, *, limit: int) -> tuple[list[Gathered], bool]:
     """Claim the pending events of a gathered task for this run; and whether more are waiting.
 
     Clears the "on its way" mark first, so an event that commits after this read sends a
     message of its own. Events another run has claimed are left to it. The claims are
     only a courtesy between runs: ``take`` decides in the database who runs an event.
+    ``session`` only reads.
     """
     from shared.redis import get_redis
 
@@ -178,13 +179,12 @@ def claim_gathered(task: str, *, limit: int) -> tuple[list[Gathered], bool]:
         redis.delete(f"{GATHER_PENDING}:{task}")
     except Exception as error:  # the mark expires on its own
         log.warning("outbox: could not clear the gathering mark of %s: %s", task, error)
-    with session_scope(read_only=True) as session:
-        rows = session.execute(
-            select(OutboxEvent.id, OutboxEvent.kwargs, OutboxEvent.attempts)
-            .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task, OutboxEvent.gather.is_(True))
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-        ).all()
+    rows = session.execute(
+        select(OutboxEvent.id, OutboxEvent.kwargs, OutboxEvent.attempts)
+        .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task, OutboxEvent.gather.is_(True))
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    ).all()
     if not rows:
         return [], False
     lease_ms = int(get_settings().outbox_lease * 1000)

@@ -177,7 +177,8 @@ def test_a_gathered_event_that_fails_goes_alone_and_the_rest_commit(pipeline: Pi
 def test_a_gathered_event_whose_run_never_finished_goes_alone(pipeline: Pipeline) -> None:
     task = f"test.gathered-{secrets.token_hex(3)}"
     died, fresh = _gathered(task, 0, 1)
-    claimed, _ = claim_gathered(task, limit=1)  # a run took the first, and its worker died
+    with session_scope(read_only=True) as session:  # a run took the first, and its worker died
+        claimed, _ = claim_gathered(session, task, limit=1)
     assert [event.id for event in claimed] == [died]
     release_claims(claimed)  # its claim ran out
     seen: list[int] = []
@@ -202,7 +203,8 @@ def test_a_database_fault_fails_the_whole_batch(pipeline: Pipeline) -> None:
     # Nothing taken, and not claimed any more: the task's retry runs them (alone, as a
     # batch that failed may fail again).
     assert all(row.done_at is None and row.gather for row in _outbox(ids))
-    events, _ = claim_gathered(task, limit=50)
+    with session_scope(read_only=True) as session:
+        events, _ = claim_gathered(session, task, limit=50)
     assert [(event.id, event.runs) for event in events] == [(ids[0], 2), (ids[1], 2)]
     with session_scope() as session:
         session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(done_at=utcnow()))
