@@ -269,23 +269,30 @@ def run_gathered(
     ran (without ``step``: of every event taken, and its failure fails the batch).
     """
     from shared.db import session_scope
-    from shared.events import claim_gathered, release_claims, send_gathering, take, ungather
+    from shared.events import Gathered, claim_gathered, release_claims, send_gathering, take, ungather
 
+    # A run here, right after a commit, sent no message: it leaves the "on its way" mark alone.
+    clear_mark = not _running_here.get()
+    events: list[Gathered] = []
+    more = False
     prepared: dict[int, Any] = {}
-    with session_scope(read_only=True) as session:
-        events, more = claim_gathered(session, task, limit=limit)
-        together = [event for event in events if event.runs == 1]
-        for event in together:
-            try:
-                prepared[event.id] = prepare(session, event.kwargs) if prepare is not None else None
-            except Exception:  # the step reads it again, and meets the problem itself
-                prepared[event.id] = None
-    if not events:  # none waiting, or all taken by other runs
-        return 0
+    if prepare is not None:
+        with session_scope(read_only=True) as session:
+            events, more = claim_gathered(session, task, limit=limit, clear_mark=clear_mark)
+            for event in events:
+                try:
+                    prepared[event.id] = prepare(session, event.kwargs) if event.runs == 1 else None
+                except Exception:  # the step reads it again, and meets the problem itself
+                    prepared[event.id] = None
+        if not events:  # none waiting, or all taken by other runs
+            return 0
     failures: list[tuple[dict[str, Any], str]] = []
     ran: list[dict[str, Any]] = []
     try:
         with session_scope() as session:
+            if prepare is None:  # nothing to read first: claimed in the one transaction
+                events, more = claim_gathered(session, task, limit=limit, clear_mark=clear_mark)
+            together = [event for event in events if event.runs == 1]
             taken = take(session, events)
             alone = [event for event in events if event.runs > 1 and event.id in taken]
             outbox: list[Any] = session.info.setdefault("outbox_events", [])
@@ -320,6 +327,8 @@ def run_gathered(
     except BaseException:
         release_claims(events)
         raise
+    if not events:
+        return 0
     log.info("task %s: %d events in one run%s: %s", task, len(ran),
              " here, right after the commit that wrote them" if _running_here.get() else "",
              ",".join(str(event.id) for event in events))  # fmt: skip

@@ -164,19 +164,22 @@ class Gathered:
     runs: int
 
 
-def claim_gathered(session: Session, task: str, *, limit: int) -> tuple[list[Gathered], bool]:
+def claim_gathered(
+    session: Session, task: str, *, limit: int, clear_mark: bool = True
+) -> tuple[list[Gathered], bool]:
     """Claim the pending events of a gathered task for this run; and whether more are waiting.
 
-    Clears the "on its way" mark first, so an event that commits after this read sends a
-    message of its own. Events another run has claimed are left to it. The claims are
-    only a courtesy between runs: ``take`` decides in the database who runs an event.
-    ``session`` only reads.
+    A run started by a message clears the "on its way" mark first, so an event that
+    commits after this read sends a message of its own. Events another run has claimed
+    are left to it. The claims are only a courtesy between runs: ``take`` decides in the
+    database who runs an event.
     """
     from shared.redis import get_redis
 
     redis = get_redis()
     try:
-        redis.delete(f"{GATHER_PENDING}:{task}")
+        if clear_mark:
+            redis.delete(f"{GATHER_PENDING}:{task}")
     except Exception as error:  # the mark expires on its own
         log.warning("outbox: could not clear the gathering mark of %s: %s", task, error)
     rows = session.execute(
