@@ -229,10 +229,10 @@ def sustained(cluster: Cluster, source: str, token: str, *, posts: int) -> dict[
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/ninjs+json"}
     prefix = f"Sustained {secrets.token_hex(3)}"
+    # Only the stories of this phase are counted (a count over an archive is a scan on PostgreSQL,
+    # and polling it would load the database the pipeline is measured on).
     with session_scope(read_only=True) as session:
-        before = (
-            session.scalar(select(func.count()).select_from(Story).where(Story.status == "published")) or 0
-        )
+        last_before = session.scalar(select(func.max(Story.id))) or 0
     started = time.perf_counter()
 
     def post(i: int) -> None:
@@ -247,9 +247,10 @@ def sustained(cluster: Cluster, source: str, token: str, *, posts: int) -> dict[
     while time.perf_counter() < deadline:
         with session_scope(read_only=True) as session:
             published = session.scalar(
-                select(func.count()).select_from(Story).where(Story.status == "published")
+                select(func.count()).select_from(Story)
+                .where(Story.id > last_before, Story.status == "published")
             ) or 0  # fmt: skip
-        if published - before >= posts:
+        if published >= posts:
             break
         time.sleep(0.1)
     all_published = time.perf_counter() - started
