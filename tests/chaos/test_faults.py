@@ -88,25 +88,32 @@ def test_poison_task_is_capped_and_the_rest_flows(cluster: Cluster) -> None:
     source, token, partner, _ = setup_newsroom()
     with session_scope() as session:
         source_id = session.scalars(select(Source.id).where(Source.name == source)).one()
-        # A stored post whose format no parser knows: its task fails every time.
-        poison = Receipt(source_id=source_id, content_type="application/x-poison", format="poison",
-                         body=b"\x00poison", size=7)  # fmt: skip
-        session.add(poison)
+        # Stored posts whose format no parser knows: their task fails every time. One is
+        # queued as the API queues posts (gathered, so it fails inside a batch first), one
+        # on its own.
+        poisons = [Receipt(source_id=source_id, content_type="application/x-poison", format="poison",
+                           body=b"\x00poison", size=7) for _ in range(2)]  # fmt: skip
+        session.add_all(poisons)
         session.flush()
-        emit(session, "ingest.process_receipt", receipt_id=poison.id)
-        poison_id = poison.id
+        emit(session, "ingest.process_receipt", gather=True, receipt_id=poisons[0].id)
+        emit(session, "ingest.process_receipt", receipt_id=poisons[1].id)
+        poison_ids = [poison.id for poison in poisons]
     guids = [f"urn:chaos:poison:{secrets.token_hex(4)}:{i}" for i in range(30)]
     receipts = cluster.burst(source, token, [ninjs(g) for g in guids], workers=4)
     settle(receipts, set(guids), partner)
 
+    keys = [f"receipt_id={poison_id}" for poison_id in poison_ids]
+
     def recorded() -> list[Failure]:
         with session_scope(read_only=True) as session:
-            return list(session.scalars(select(Failure).where(Failure.key == f"receipt_id={poison_id}")))
+            failures = list(session.scalars(select(Failure).where(Failure.key.in_(keys))))
+        return failures if {failure.key for failure in failures} == set(keys) else []
 
     from tests.conftest import wait_for
 
-    failures = wait_for(recorded, timeout=60, what="the poison receipt recorded as failed")
-    assert len(failures) == 1
+    failures = wait_for(recorded, timeout=60, what="both poison receipts recorded as failed")
+    assert sorted(failure.key for failure in failures) == sorted(keys)  # once each
     with session_scope(read_only=True) as session:
-        assert session.get(Receipt, poison_id).body == b"\x00poison"  # type: ignore[union-attr]
+        for poison_id in poison_ids:
+            assert session.get(Receipt, poison_id).body == b"\x00poison"  # type: ignore[union-attr]
     partner.close()
