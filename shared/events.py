@@ -206,6 +206,7 @@ def take(session: Session, events: Sequence[Gathered]) -> set[int]:
         .where(OutboxEvent.id.in_([event.id for event in events]), OutboxEvent.done_at.is_(None))
         .values(done_at=utcnow())
         .returning(OutboxEvent.id)
+        .execution_options(synchronize_session=False)
     ))  # fmt: skip
 
 
@@ -218,6 +219,7 @@ def ungather(session: Session, events: Sequence[Gathered]) -> None:
         update(OutboxEvent)
         .where(OutboxEvent.id.in_([event.id for event in events]))
         .values(gather=False, done_at=None, sent_at=now, next_try_at=now)
+        .execution_options(synchronize_session=False)
     )
     outgoing = [(event.id, event.task, event.kwargs, event.attempts, False) for event in events]
     after_commit(session, lambda: relay(outgoing))  # type: ignore[arg-type]

@@ -37,7 +37,6 @@ from services.syndicate.feeds import (
     Item,
     RenderedFeed,
     feed_items,
-    feed_keys_for,
     feed_url,
     parse_feed_name,
     render_feed,
@@ -112,10 +111,13 @@ def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
     """Flag feeds for rendering; the next round renders each of them once."""
     # Sorted, so that concurrent markers lock the rows in one order.
     names = sorted({key.name for key in keys})
+    if not names:
+        return []
     now = utcnow()
-    for name in names:
-        statement = _insert(session)(Feed).values(key=name, dirty_at=now, renders=0)
-        session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"dirty_at": now}))
+    statement = _insert(session)(Feed).values(
+        [{"key": name, "dirty_at": now, "renders": 0} for name in names]
+    )
+    session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"dirty_at": now}))
     return names
 
 
@@ -124,15 +126,29 @@ def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list
 
     Each change names its story (``story_id``) and its membership before (``previous``).
     """
-    ids = {change["story_id"] for change in changes if change.get("story_id") is not None}
+    ids = sorted({change["story_id"] for change in changes if change.get("story_id") is not None})
     keys: list[FeedKey] = []
     for change in changes:
         keys += keys_from_membership(change.get("previous") or {})
     if ids:
-        stories = session.scalars(select(Story).where(Story.id.in_(sorted(ids))))
-        for story in stories:
-            keys += feed_keys_for(story)
-    return mark_dirty(session, keys) if keys else []
+        # What puts each story in feeds now, read as columns (no whole stories to load).
+        now: dict[int, dict[str, Any]] = {
+            row.id: {"section": row.section, "author": row.author_slug, "tags": [], "labels": []}
+            for row in session.execute(
+                select(Story.id, Story.section, Story.author_slug).where(Story.id.in_(ids))
+            )
+        }
+        for story_id, slug in session.execute(
+            select(StoryTag.story_id, StoryTag.slug).where(StoryTag.story_id.in_(ids))
+        ):
+            now[story_id]["tags"].append(slug)
+        for story_id, label in session.execute(
+            select(StoryLabel.story_id, StoryLabel.label).where(StoryLabel.story_id.in_(ids))
+        ):
+            now[story_id]["labels"].append(label)
+        for membership in now.values():
+            keys += keys_from_membership(membership)
+    return mark_dirty(session, keys)
 
 
 def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
