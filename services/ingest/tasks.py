@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from services.ingest import service
 from shared.celery import newsroom_task, run_gathered
+from shared.config import get_settings
 from shared.db import session_scope
 
 # Receipts taken in one transaction by a gathered run.
@@ -22,7 +23,9 @@ def process_receipt(receipt_id: int | None = None) -> None:
     takes many receipts in one transaction.
     """
     if receipt_id is None:
-        run_gathered("ingest.process_receipt", _process, prepare=_parse, limit=BATCH)
+        # On SQLite writers take turns: the posts are parsed before the write transaction.
+        prepare = _parse if get_settings().sqlalchemy_url.startswith("sqlite") else None
+        run_gathered("ingest.process_receipt", _process, prepare=prepare, limit=BATCH)
         return
     # Parsed first, outside the write transaction: on SQLite writers take turns.
     with session_scope(read_only=True) as session:

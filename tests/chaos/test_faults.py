@@ -18,6 +18,15 @@ pytestmark = pytest.mark.chaos
 
 
 def test_worker_killed_mid_burst(cluster: Cluster) -> None:
+    _worker_killed_mid_burst(cluster)
+
+
+def test_worker_killed_mid_burst_on_postgresql(cluster_pg: Cluster) -> None:
+    # Batches there are claimed and parsed in one transaction, not before it as on SQLite.
+    _worker_killed_mid_burst(cluster_pg)
+
+
+def _worker_killed_mid_burst(cluster: Cluster) -> None:
     source, token, partner, _ = setup_newsroom()
     guids = [f"urn:chaos:kill:{secrets.token_hex(4)}:{i}" for i in range(300)]
 
