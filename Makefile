@@ -1,15 +1,19 @@
-# One venv, one install; every target below builds on it.
+# One venv, installed exactly from requirements.lock; every target below builds on it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal \
+	--python-version 3.11 --quiet -o $(LOCK)
 
-.PHONY: install run test lint typecheck pytest bench chaos clean
+.PHONY: install run test lint typecheck pytest bench chaos lock upgrade clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# A changed lock rebuilds the venv from nothing, so it holds exactly what the lock says.
+$(STAMP): $(LOCK) pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,8 +22,8 @@ run: $(STAMP)
 	$(BIN)/newsroom up --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests $(wildcard bench)
-	$(BIN)/ruff format --check shared services tests $(wildcard bench)
+	$(BIN)/ruff check shared services tests bench
+	$(BIN)/ruff format --check shared services tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy shared services
@@ -34,6 +38,14 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# After editing pyproject.toml's dependencies: pin what changed, keep every other pin.
+lock: $(STAMP)
+	$(UV_COMPILE)
+
+# A deliberate upgrade of every pin; commit the new lock on its own once `make test` passes.
+upgrade: $(STAMP)
+	$(UV_COMPILE) --upgrade
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -113,7 +113,7 @@ class FeedCache:
             try:
                 client = redis.Redis.from_url(redis_url(), socket_timeout=None, socket_connect_timeout=2,
                                               health_check_interval=15)  # fmt: skip
-                with client.pubsub() as pubsub:  # type: ignore[no-untyped-call]
+                with client.pubsub() as pubsub:
                     pubsub.subscribe(service.FEEDS_CHANNEL)
                     while pubsub.get_message(timeout=5.0) is None:
                         pass  # the subscription's confirmation comes first
