@@ -10,16 +10,19 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes 
 .PHONY: install run test lint typecheck pytest bench chaos lock upgrade clean
 
 # A changed lock rebuilds the venv from nothing, so it holds exactly what the lock says.
+# pip's own output goes to a log, shown only when the install fails.
 $(STAMP): $(LOCK) pyproject.toml
-	$(PYTHON) -m venv --clear $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+	@echo "Installing $(LOCK) into $(VENV) (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv --clear $(VENV)
+	@{ $(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK) && \
+	   $(BIN)/python -m pip install --no-deps --no-build-isolation -e . ; } > $(VENV)/install.log 2>&1 || \
+	   { tail -n 40 $(VENV)/install.log; echo "install failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/newsroom up --demo
+	@$(BIN)/newsroom up --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench
