@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import NewsroomError
+from shared.logs import events_held, hold_events, log_file, setup_logging
 
 log = logging.getLogger("newsroom")
 
 QUEUES = "ingest,publish,syndicate"
-
-
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
 
 
 def _print(data: Any) -> None:
@@ -45,7 +42,7 @@ def cmd_api(args: argparse.Namespace) -> None:
     from shared.redis import redis_url
 
     redis_url()
-    uvicorn.run("services.app:app", host=args.host, port=args.port, log_level="info",
+    uvicorn.run("services.app:app", host=args.host, port=args.port, log_level="info", log_config=None,
                 proxy_headers=True, access_log=False)  # fmt: skip
 
 
@@ -57,6 +54,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
         return
     argv = ["worker", "-Q", args.queues, "-P", args.pool, "--loglevel", args.loglevel,
             "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+    if log_file() is not None:  # under `newsroom up`: no banner on the terminal
+        argv.insert(0, "--quiet")
     celery.worker_process()
     if args.pool == "solo":
         # A solo worker runs tasks in its main thread, where Celery enforces no time limit.
@@ -77,6 +76,8 @@ def _supervise_workers(args: argparse.Namespace) -> None:
     """
     import time
 
+    from shared.config import get_settings
+
     command = [sys.executable, "-m", "services.cli", "worker", "-Q", args.queues, "-c", "1", "-P", "solo",
                "--loglevel", args.loglevel]  # fmt: skip
     children = [subprocess.Popen(command) for _ in range(args.concurrency)]
@@ -95,7 +96,8 @@ def _supervise_workers(args: argparse.Namespace) -> None:
             if child.poll() is not None and not stopping.is_set():
                 log.warning("worker process %s exited with %s; starting another", child.pid, child.returncode)
                 children[position] = subprocess.Popen(command)
-    deadline = time.monotonic() + 60
+    # A warm shutdown lets the running task finish, within its time limit.
+    deadline = time.monotonic() + get_settings().task_time_limit + 5
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -134,39 +136,130 @@ def cmd_up(args: argparse.Namespace) -> None:
     settings = get_settings()
     started = time.monotonic()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    quiet = log_file() is not None
+    _print_summary(args, quiet=quiet)
     url = redis_url()
-    log.info("redis: %s", url)
+    log.info("redis: %s", "external" if get_settings().redis_url else url)
     upgrade()
     worker = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker", "-Q", QUEUES, "-c", str(args.concurrency)],
         env={**os.environ, "NEWSROOM_REDIS_URL": url},
         start_new_session=True,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
     )
+    if worker.stdout is not None:
+        threading.Thread(target=_relay_worker_output, args=(worker.stdout,), name="worker-output",
+                         daemon=True).start()  # fmt: skip
     stop = threading.Event()
     ticker = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
     ticker.start()
     config = uvicorn.Config("services.app:app", host=args.host, port=args.port, log_level="warning",
-                            access_log=False)  # fmt: skip
+                            log_config=None, access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     if args.demo:
         from services.demo import run_demo
 
         base = f"http://{args.host}:{args.port}"
+        hold_events(True)
         threading.Thread(target=run_demo, args=(base, server, started), name="demo", daemon=True).start()
+    else:
+        threading.Thread(target=_say_ready, args=(server, started), name="ready", daemon=True).start()
     # uvicorn re-raises the signal that stopped it; SIGTERM's default action would
     # end this process before the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
+        print("stopping: the worker finishes its tasks, then Redis stops", flush=True)
         stop.set()
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             try:
-                worker.wait(timeout=20)
+                worker.wait(timeout=settings.task_time_limit + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
         log.info("newsroom stopped")
+        print("stopped", flush=True)
+
+
+def _print_summary(args: argparse.Namespace, *, quiet: bool) -> None:
+    """What `newsroom up` is about to start, in a few lines a person reads."""
+    from sqlalchemy.engine import make_url
+
+    from shared.config import get_settings
+
+    settings = get_settings()
+    database = make_url(settings.sqlalchemy_url)
+    where = database.database if database.get_backend_name() == "sqlite" else database.host
+    redis_where = "external" if settings.redis_url else f"embedded, under {settings.data_dir / 'redis'}"
+    lines = [
+        "Newsroom: API, worker and scheduler on this machine",
+        f"  database  {database.get_backend_name()} ({where})",
+        f"  redis     {redis_where}",
+        f"  worker    {args.concurrency} processes on queues {QUEUES}",
+        f"  api       http://{args.host}:{args.port}",
+    ]
+    if quiet:
+        lines.append(f"  full log  {log_file()} (newsroom up -v shows it here)")
+    print("\n".join(lines), flush=True)
+
+
+def _say_ready(server: Any, started: float) -> None:
+    import time
+
+    while not getattr(server, "started", False):
+        time.sleep(0.05)
+    print(f"ready in {time.monotonic() - started:.1f}s; Ctrl-C stops everything", flush=True)
+
+
+def _relay_worker_output(stream: Any) -> None:
+    """Pass the worker's terminal lines on; while the demo runs, its own progress stands for them."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        if not line or line.startswith("worker: Warm shutdown"):
+            continue  # Celery's own farewell, once per process; `up` says it stops
+        if events_held() and _is_event_line(line):
+            continue  # in the full log; the demo prints its progress instead
+        print(line, flush=True)
+
+
+def _is_event_line(line: str) -> bool:
+    """A terminal line of an INFO event ("HH:MM:SS  story 3 published ..."), not a warning."""
+    head, _, rest = line.partition("  ")
+    return (
+        len(head) == 8
+        and head[2] == ":"
+        and head[5] == ":"
+        and not rest.startswith(("WARNING", "ERROR", "CRITICAL"))
+    )
+
+
+def cmd_health(args: argparse.Namespace) -> None:
+    """Exit 0 when this host's part answers: the API's /readyz, or a fresh heartbeat."""
+    if args.part == "api":
+        import httpx
+
+        try:
+            answer = httpx.get(f"http://{args.host}:{args.port}/readyz", timeout=5)
+        except httpx.HTTPError as error:
+            raise SystemExit(f"api: no answer on {args.host}:{args.port}: {error}") from error
+        if answer.status_code != 200:
+            raise SystemExit(f"api: /readyz answered {answer.status_code}: {answer.text[:200]}")
+        print(f"api: ready ({answer.text.strip()})")
+        return
+    from shared.health import beating
+
+    try:
+        alive = beating(args.part)
+    except Exception as error:
+        raise SystemExit(f"{args.part}: Redis does not answer: {error}") from error
+    if not alive:
+        raise SystemExit(f"{args.part}: no heartbeat from this host")
+    ages = ", ".join(f"pid {pid} {age:.0f}s ago" for pid, age in sorted(alive.items()))
+    print(f"{args.part}: {len(alive)} alive ({ages})")
 
 
 # --- editors and admins --------------------------------------------------------------------
@@ -369,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--demo", action="store_true", help="create sample sources, stories and a partner")
     up.add_argument("-c", "--concurrency", type=int, default=4)
+    up.add_argument("-v", "--verbose", action="store_true", help="the full log on the terminal")
     up.set_defaults(func=cmd_up)
 
     api = commands.add_parser("api", help="the HTTP API")
@@ -391,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     commands.add_parser("scheduler", help="the scheduler loop").set_defaults(func=cmd_scheduler)
+
+    health = commands.add_parser("health", help="exit 0 when this host's api, worker or scheduler is alive")
+    health.add_argument("part", choices=["api", "worker", "scheduler"])
+    health.add_argument("--host", default="127.0.0.1", help="the API's address (api only)")
+    health.add_argument("--port", type=int, default=8000, help="the API's port (api only)")
+    health.set_defaults(func=cmd_health)
 
     db = commands.add_parser("db", help="the schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="create or migrate the schema").set_defaults(func=cmd_db_upgrade)
@@ -492,7 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `newsroom` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(os.environ.get("NEWSROOM_LOG_LEVEL", "INFO"))
+    if args.command == "up" and not args.verbose and "NEWSROOM_LOG_LEVEL" not in os.environ:
+        from shared.config import get_settings
+
+        # The terminal shows what a person follows; every process of `up` logs in full here.
+        full_log = (get_settings().data_dir / "logs" / "newsroom.log").resolve()
+        os.environ.setdefault("NEWSROOM_LOG_FILE", str(full_log))
+    setup_logging()
     try:
         args.func(args)
     except NewsroomError as error:

@@ -19,6 +19,7 @@ from services.syndicate.partners import add_partner
 from shared.auth import create_token
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.logs import hold_events
 from shared.models import Partner, Source
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class DemoPartner:
                     self.end_headers()
                     return
                 partner.received.append(payload)
-                print(f"  demo partner <- {payload['type']} {payload['data']['headlines'][0]['value']}"
-                      f" (webhook-id {self.headers['webhook-id']})", flush=True)  # fmt: skip
+                log.info("demo partner <- %s %s (webhook-id %s)", payload["type"],
+                         payload["data"]["headlines"][0]["value"], self.headers["webhook-id"])  # fmt: skip
                 self.send_response(204)
                 self.end_headers()
 
@@ -115,11 +116,23 @@ def _column_for(item: dict[str, Any], index: int) -> dict[str, Any]:
     }
 
 
+def _progress(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
 def run_demo(base: str, server: Any, started: float) -> None:
     """Wait for the API, then ingest, publish and show where everything went."""
+    try:
+        _run_demo(base, server, started)
+    finally:
+        hold_events(False)
+
+
+def _run_demo(base: str, server: Any, started: float) -> None:
     while not getattr(server, "started", False):
         time.sleep(0.05)
     ready = time.monotonic()
+    _progress(f"API ready in {ready - started:.1f}s; posting sample wire items and columns")
     partner = DemoPartner()
     tokens = _setup(partner.url)
     partner.secret = tokens["partner_secret"]
@@ -142,14 +155,19 @@ def run_demo(base: str, server: Any, started: float) -> None:
     answer = client.post("/v1/wire/columns", headers=columns, json=column)
     receipts.append((answer.json()["receipt"], [{"time": column["written_at"], "label": None}]))
 
+    posted = sum(len(items) for _, items in receipts)
+    _progress(f"posted {posted} items in {len(receipts)} wire posts")
+    statuses = [(_wait_receipt(client, receipt_id, editor), items) for receipt_id, items in receipts]
+    ingested = sum(1 for status, _ in statuses for row in status["items"] if row.get("story_id"))
+    _progress(f"ingested {ingested} of {posted} items into stories")
     published = []
-    for receipt_id, items in receipts:
-        status = _wait_receipt(client, receipt_id, editor)
+    for status, items in statuses:
         for row, item in zip(status["items"], items, strict=False):
             labels = [item["label"]] if item["label"] in ("exclusive", "breaking") else []
             client.post(f"/v1/stories/{row['story_id']}/publish", headers=editor,
                         json={"labels": labels, "at": item["time"]})  # fmt: skip
             published.append((row["story_id"], item))
+    _progress(f"published {len(published)} stories (backdated to their wire times)")
     for story_id, item in published:
         if item["label"] == "updated":
             story = client.get(f"/v1/stories/{story_id}", headers=editor).json()
@@ -163,9 +181,11 @@ def run_demo(base: str, server: Any, started: float) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         feed = client.get("/feeds/all.atom").text
-        if column_story["headline"].split("—")[0].strip() in feed and partner.received:
+        if column_story["headline"].split("—")[0].strip() in feed and len(partner.received) >= len(published):
             break
         time.sleep(0.1)
+    _progress(f"the column is in /feeds/all.atom; {len(partner.received)} signed pushes verified "
+              "at the demo partner")  # fmt: skip
     settings = get_settings()
     print(f"""
 Newsroom demo is running ({time.monotonic() - started:.1f}s from start, {time.monotonic() - ready:.1f}s
@@ -185,6 +205,7 @@ from ready to the column in /feeds/all.atom and {len(partner.received)} pushes a
     admin                   {tokens['admin']}
   Partner "demo-partner" at {partner.url}, secret {tokens['partner_secret']}
 
+From here on, one line per event (story published, feeds rendered, delivery sent or failed).
 Ctrl-C stops everything.
 """, flush=True)  # fmt: skip
 

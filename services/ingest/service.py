@@ -26,6 +26,7 @@ from shared.auth import create_token
 from shared.config import get_settings
 from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unprocessable
 from shared.events import emit
+from shared.logs import CONSOLE
 from shared.models import Receipt, ReceiptItem, Source, Story, utcnow
 from shared.stories import CONTENT_FIELDS, add_revision, jsonable, set_labels, set_tags
 
@@ -142,7 +143,7 @@ def _reject(session: Session, receipt: Receipt, status: int, code: str, detail: 
     receipt.error = {"error": code, "detail": detail}
     receipt.processed_at = utcnow()
     session.flush()
-    log.info("receipt %s rejected (%s): %s", receipt.id, status, detail)
+    log.info("receipt %s rejected (%s): %s", receipt.id, status, detail, extra=CONSOLE)
     return PostResult(receipt=receipt, status=status, error=code, detail=detail)
 
 

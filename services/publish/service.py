@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound, PermanentError, SkipEvent, Unprocessable
 from shared.events import announce_story
+from shared.logs import CONSOLE
 from shared.models import Revision, Story, utcnow
 from shared.stories import (
     CONTENT_FIELDS,
@@ -197,7 +198,8 @@ def publish_story(
     session.flush()
     add_revision(session, story, event.removeprefix("story."), actor=actor, note=note)
     announce_story(session, story, event, previous=previous)
-    log.info("story %s r%s %s by %s", story.id, story.revision, event, actor)
+    log.info("story %s r%s %s by %s: %s", story.id, story.revision, event, actor, story.headline,
+             extra=CONSOLE)  # fmt: skip
     return PublishOutcome(story=story, event=event)
 
 
@@ -236,7 +238,8 @@ def _schedule(
     story.revision += 1
     session.flush()
     add_revision(session, story, "scheduled", actor=actor, note=f"at {when.isoformat()}")
-    log.info("story %s r%s scheduled for %s by %s", story.id, story.revision, when.isoformat(), actor)
+    log.info("story %s r%s scheduled for %s by %s", story.id, story.revision, when.isoformat(), actor,
+             extra=CONSOLE)  # fmt: skip
     return PublishOutcome(story=story, event=None)
 
 
@@ -337,7 +340,7 @@ def unpublish_story(
     session.flush()
     add_revision(session, story, "unpublished", actor=actor, note=reason)
     announce_story(session, story, "story.killed", previous=previous)
-    log.info("story %s r%s unpublished by %s: %s", story.id, story.revision, actor, reason)
+    log.info("story %s r%s unpublished by %s: %s", story.id, story.revision, actor, reason, extra=CONSOLE)
     return PublishOutcome(story=story, event="story.killed")
 
 

@@ -33,6 +33,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events import emit
+from shared.logs import CONSOLE
 from shared.models import Delivery, Partner, utcnow
 from shared.redis import get_redis
 
@@ -417,7 +418,8 @@ def record_attempt(attempt: Attempt, result: AttemptResult, *, now: datetime) ->
                  delivery.id, partner.name, delivery.story_id, delivery.story_revision, attempt.number,
                  delivery.status, delivery.last_error or status, result.tries,
                  f", next at {delivery.next_attempt_at.isoformat()}"
-                 if delivery.status == "pending" and delivery.next_attempt_at else "")  # fmt: skip
+                 if delivery.status == "pending" and delivery.next_attempt_at else "",
+                 extra=CONSOLE)  # fmt: skip
         if delivery.status != "pending":
             _release_next(session, delivery)
         return delivery.status

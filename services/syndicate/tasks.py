@@ -15,6 +15,7 @@ from services.syndicate.outbound import drain_outbound, get_outbound
 from shared.celery import app, newsroom_task, run_gathered, send_task
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.logs import CONSOLE
 from shared.models import utcnow
 from shared.redis import get_redis
 
@@ -61,7 +62,7 @@ def render_feeds(scheduled: bool = False) -> None:
     """A render round: every dirty feed once (scheduled after a change, or by the sweep)."""
     outcome = service.run_round(scheduled=scheduled)
     if outcome.rendered:
-        log.info("render round: %d feeds", outcome.rendered)
+        log.info("render round: %d feeds rendered", outcome.rendered, extra=CONSOLE)
     _schedule_round(outcome.retry_in)
     if outcome.later_in is not None:
         # An unscheduled round: it steps aside if a change has scheduled one by then.
