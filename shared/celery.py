@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from functools import wraps
 from typing import Any, TypeVar
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
@@ -61,6 +61,33 @@ def _configure(sender: Celery, **_: Any) -> None:
         worker_send_task_events=False,
         broker_pool_limit=10,
     )
+
+
+class _Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Beats from the consumer's event loop, so a worker whose loop hangs stops beating."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+
+    def start(self, consumer: Any) -> None:
+        from shared.health import BEAT_EVERY, beat
+
+        beat("worker")
+        self.timer_ref = consumer.timer.call_repeatedly(BEAT_EVERY, beat, ("worker",))
+
+    def stop(self, consumer: Any) -> None:
+        from shared.health import stop_beating
+
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+        stop_beating("worker")
+
+
+app.steps["consumer"].add(_Heartbeat)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -19,7 +19,12 @@ def alembic_config() -> Config:
 
 def upgrade(revision: str = "head") -> None:
     """Bring the configured database's schema up to ``revision``."""
+    from sqlalchemy.engine import make_url
+
     from shared.config import get_settings
 
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    url = make_url(get_settings().sqlalchemy_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # SQLite makes the file, not its folder; no other database needs a folder here.
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(), revision)

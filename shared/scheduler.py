@@ -17,6 +17,7 @@ from sqlalchemy import select
 from shared.celery import send_task
 from shared.db import session_scope
 from shared.events import prune, sweep
+from shared.health import BEAT_EVERY, beat, stop_beating
 from shared.models import Delivery, Feed, Source, Story, utcnow
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,12 @@ def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) 
     stop = stop or threading.Event()
     log.info("scheduler running, every %.1fs", interval)
     last_prune = 0.0
+    last_beat = 0.0
     while not stop.is_set():
         started = time.monotonic()
+        if started - last_beat >= BEAT_EVERY:
+            last_beat = started
+            beat("scheduler")
         try:
             queued = tick()
             took = time.monotonic() - started
@@ -87,3 +92,4 @@ def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) 
         except Exception:
             log.exception("scheduler tick failed")
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    stop_beating("scheduler")
