@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
@@ -35,11 +37,20 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     return JSONResponse({"error": "unprocessable", "detail": reasons}, status_code=422)
 
 
+async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    # The database is the source of truth: nothing is half-kept, the client sends again.
+    log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
+    return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; try again"},
+                        status_code=503, headers={"Retry-After": "5"})  # fmt: skip
+
+
 def create_app() -> FastAPI:
     """Build the application (no connections are opened until the first request)."""
     app = FastAPI(title="Newsroom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.add_exception_handler(NewsroomError, handle_newsroom_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _database_unavailable)
     app.include_router(ingest_router)
     app.include_router(publish_router)
     app.include_router(syndicate_router)
