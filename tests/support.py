@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# What the tests' environments let outbound requests reach: their loopback servers.
+LOOPBACK_ALLOW = "127.0.0.1/32"
+
 
 @dataclass
 class Reply:
@@ -109,7 +112,11 @@ def ninjs_validator() -> Any:
 
 @contextmanager
 def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
-    """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it."""
+    """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it.
+
+    Partners, polled feeds and hubs in tests are on loopback, so outbound requests may reach
+    127.0.0.1 unless ``env`` says otherwise.
+    """
     from shared.config import reset_settings
     from shared.db import dispose_engines
     from shared.redis import reset_redis
@@ -119,6 +126,7 @@ def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
         dispose_engines()
         reset_redis()
 
+    env = {"NEWSROOM_OUTBOUND_ALLOW": LOOPBACK_ALLOW, **env}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     reset()
