@@ -23,6 +23,9 @@ QUEUES = "ingest,publish,syndicate"
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    # httpx logs every request's full URL at INFO, and a partner's or a feed's query string
+    # may carry its token; our own lines name the partner or source instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _print(data: Any) -> None:

@@ -30,7 +30,8 @@ ROLES = ("wire", "editor", "admin")
 # How stale a token's recorded last use may get before a request writes it again.
 LAST_USED_EVERY = timedelta(minutes=1)
 
-_noted: dict[int, float] = {}
+# Token hash -> when this process last recorded its use (monotonic seconds).
+_noted: dict[str, float] = {}
 _noted_lock = threading.Lock()
 
 
@@ -81,16 +82,16 @@ def find_token(session: Session, token: str) -> Token | None:
             raise Forbidden(f"source {source.name!r} is disabled")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
         # After the caller's transaction: a write nested in it would wait on itself (SQLite).
-        after_commit(session, functools.partial(_note_use, row.id, now))
+        after_commit(session, functools.partial(_note_use, row.id, digest, now))
     return row
 
 
-def _note_use(token_id: int, now: datetime) -> None:
+def _note_use(token_id: int, digest: str, now: datetime) -> None:
     """Record a use unless this process or another did within the minute (checked in memory, then in SQL)."""
     with _noted_lock:
-        if time.monotonic() - _noted.get(token_id, -1e9) < LAST_USED_EVERY.total_seconds():
+        if time.monotonic() - _noted.get(digest, -1e9) < LAST_USED_EVERY.total_seconds():
             return
-        _noted[token_id] = time.monotonic()
+        _noted[digest] = time.monotonic()
     try:
         with session_scope() as session:
             # Another process may have just written it: the condition keeps it to once a minute.
