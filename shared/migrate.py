@@ -21,5 +21,24 @@ def upgrade(revision: str = "head") -> None:
     """Bring the configured database's schema up to ``revision``."""
     from shared.config import get_settings
 
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(), revision)
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        _checkpoint()
+
+
+def _checkpoint() -> None:
+    """Fold SQLite's WAL into the database file and empty it.
+
+    A migration that rewrites secrets (0003 seals partner secrets stored in clear) leaves
+    the old pages in the WAL until it is reused; emptying it leaves them nowhere.
+    """
+    from shared.db import get_engine
+
+    connection = get_engine().raw_connection()
+    try:
+        # The driver connection runs in autocommit (shared.db), as a checkpoint must.
+        connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()

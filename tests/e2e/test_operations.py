@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import stat
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from services.syndicate.partners import add_partner
+from services.syndicate.partners import add_partner, rotate_secret
 from shared.db import session_scope
 from shared.models import Partner, Token
 from tests.conftest import Pipeline, wait_for
@@ -114,16 +116,31 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
     editor = pipeline.token("editor")
     editor_token = editor["Authorization"].removeprefix("Bearer ")
     server = PartnerServer()
+    # A partner URL may carry a token of the partner's in its query: never logged.
+    query_token = f"qt{secrets.token_hex(8)}"
+    partner_name = f"secret-{secrets.token_hex(3)}"
     with session_scope() as session:
-        partner = add_partner(session, name=f"secret-{secrets.token_hex(3)}", url=server.url)
-        secret = partner.secret
+        partner = add_partner(session, name=partner_name, url=f"{server.url}?token={query_token}")
+        retired = partner.secret
+    with session_scope() as session:
+        secret = rotate_secret(session, name=partner_name, grace=timedelta(hours=1))
     story_id = _story(pipeline, name, wire, "Secrets story")
     pipeline.client.post(f"/v1/stories/{story_id}/publish", headers=editor, json={})
     wait_for(lambda: server.pushes, what="the push")
+    assert len(server.pushes[0].headers["webhook-signature"].split(" ")) == 2
+    secret_values = [secret, secret.removeprefix("whsec_"), retired, retired.removeprefix("whsec_")]
     for log in ("worker", "scheduler"):
         text = pipeline.log(log)
-        for value in (wire_token, editor_token, secret, secret.removeprefix("whsec_")):
+        for value in (wire_token, editor_token, query_token, *secret_values):
             assert value not in text, f"a secret is in the {log} log"
+    # The partner's secrets are stored sealed, and the generated key is its owner's alone.
+    with session_scope(read_only=True) as session:
+        row = session.scalars(select(Partner).where(Partner.name == partner_name)).one()
+        stored = f"{row.secret_sealed} {row.previous_secret_sealed}"
+    assert all(value not in stored for value in secret_values)
+    key_file = pipeline.data_dir / "secret.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_bytes().strip()) >= 32
     with session_scope(read_only=True) as session:
         hashes = set(session.scalars(select(Token.token_hash)))
     assert wire_token not in hashes
@@ -137,7 +154,7 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
         # Read them from another process: closing a descriptor of the database file
         # here would drop this process's SQLite locks on it (POSIX advisory locks).
         found = subprocess.run(
-            [sys.executable, "-c", SEARCH_FILES, path, wire_token, editor_token],
+            [sys.executable, "-c", SEARCH_FILES, path, wire_token, editor_token, *secret_values],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         assert found == []
