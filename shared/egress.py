@@ -214,9 +214,11 @@ class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport over a pool whose every connection is checked."""
 
     def __init__(self, *, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        # One SSL context (they are costly to build), for httpx's pool and the one replacing it.
+        context = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, limits=limits, trust_env=False)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -228,9 +230,11 @@ class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's async transport over a pool whose every connection is checked."""
 
     def __init__(self, *, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        # One SSL context (they are costly to build), for httpx's pool and the one replacing it.
+        context = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
