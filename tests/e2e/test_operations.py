@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 import subprocess
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from services.syndicate.partners import add_partner, rotate_secret
 from shared.db import session_scope
 from shared.models import Partner, Token
-from tests.conftest import Pipeline, wait_for
+from tests.conftest import ROOT, Pipeline, wait_for
 from tests.support import PartnerServer, newsroom_environment
 
 pytestmark = pytest.mark.pipeline
@@ -159,3 +160,30 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
         ).stdout.split()  # fmt: skip
         assert found == []
     server.close()
+
+
+def test_a_redis_password_never_reaches_the_logs(pipeline: Pipeline) -> None:
+    # Redis's default user takes any password when it has none, so a URL can carry one here.
+    password = f"pw{secrets.token_hex(8)}"
+    url = pipeline.env["NEWSROOM_REDIS_URL"].replace("redis://", f"redis://default:{password}@", 1)
+    env = {**os.environ, **pipeline.env, "NEWSROOM_REDIS_URL": url}
+    logs = {name: pipeline.data_dir / f"redis-password-{name}.log" for name in ("worker", "scheduler")}
+    commands = {"worker": ["worker", "-Q", f"nothing-{password[:4]}", "-c", "1", "--loglevel", "DEBUG"],
+                "scheduler": ["scheduler"]}  # fmt: skip
+    processes = {}
+    for name, argv in commands.items():
+        with open(logs[name], "wb") as log:
+            command = [sys.executable, "-m", "services.cli", *argv]
+            processes[name] = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+    try:
+        wait_for(lambda: "ready" in logs["worker"].read_text(errors="replace"), timeout=60, what="the worker")
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
+    for name, path in logs.items():
+        text = path.read_text(errors="replace")
+        assert text, name
+        assert password not in text, f"the Redis password is in the {name} log"
