@@ -129,17 +129,26 @@ def cmd_up(args: argparse.Namespace) -> None:
     import uvicorn
 
     from shared import scheduler
-    from shared.config import get_settings
+    from shared.config import get_settings, reset_settings
+    from shared.egress import redact_url
     from shared.migrate import upgrade
     from shared.redis import redis_url
 
+    if args.demo:
+        from services.demo import RECEIVER_ALLOW
+
+        # The demo's partner is a loopback receiver: this process and the worker may reach
+        # exactly its address, besides whatever the operator allowed.
+        allowed = os.environ.get("NEWSROOM_OUTBOUND_ALLOW", "")
+        os.environ["NEWSROOM_OUTBOUND_ALLOW"] = ",".join(part for part in (allowed, RECEIVER_ALLOW) if part)
+        reset_settings()
     settings = get_settings()
     started = time.monotonic()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     quiet = log_file() is not None
     _print_summary(args, quiet=quiet)
     url = redis_url()
-    log.info("redis: %s", "external" if get_settings().redis_url else url)
+    log.info("redis: %s", redact_url(url))
     upgrade()
     worker = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker", "-Q", QUEUES, "-c", str(args.concurrency)],
@@ -296,13 +305,65 @@ def cmd_source_list(args: argparse.Namespace) -> None:
         print(f"{view['id']:>4}  {view['name']:<20} {view['format']:<10} {poll}  {health}")
 
 
+def _duration(text: str) -> Any:
+    """argparse type for durations like 30d, 12h, 90m."""
+    from shared.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def cmd_source_state(args: argparse.Namespace) -> None:
+    from services.ingest.service import disable_source, enable_source, remove_source
+    from shared.db import session_scope
+
+    change = {"disable": disable_source, "enable": enable_source, "remove": remove_source}[
+        args.source_command
+    ]
+    with session_scope() as session:
+        source = change(session, name=args.name)
+        print(f"source {source.name} (id {source.id}) {args.source_command}d")
+
+
 def cmd_token_create(args: argparse.Namespace) -> None:
     from shared.auth import create_token
     from shared.db import session_scope
 
     with session_scope() as session:
-        token = create_token(session, role=args.role, name=args.name)
+        token = create_token(session, role=args.role, name=args.name, expires_in=args.expires)
     print(f"{args.role} token (shown once): {token}")
+
+
+def cmd_token_list(args: argparse.Namespace) -> None:
+    from shared.auth import list_tokens
+    from shared.db import session_scope
+
+    with session_scope(read_only=True) as session:
+        views = list_tokens(session)
+    if not args.all:
+        views = [view for view in views if view["state"] == "active"]
+    if args.json:
+        _print(views)
+        return
+    print(f"{'name':<28} {'role':<7} {'state':<8} {'created':<20} {'last used':<20} expires")
+    for view in views:
+        print(f"{view['name']:<28} {view['role']:<7} {view['state']:<8} {_minute(view['created_at']):<20} "
+              f"{_minute(view['last_used_at']):<20} {_minute(view['expires_at'])}")  # fmt: skip
+
+
+def _minute(moment: str | None) -> str:
+    return moment[:16].replace("T", " ") if moment else "-"
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> None:
+    from shared.auth import revoke_tokens
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        count = revoke_tokens(session, name=args.name)
+    print(f"revoked {count} token(s) named {args.name}")
 
 
 def cmd_partner_add(args: argparse.Namespace) -> None:
@@ -315,6 +376,38 @@ def cmd_partner_add(args: argparse.Namespace) -> None:
         secret = partner.secret
         print(f"partner {partner.name} (id {partner.id}) -> {partner.url}")
     print(f"signing secret (shown once): {secret}")
+
+
+def cmd_partner_state(args: argparse.Namespace) -> None:
+    from services.syndicate.partners import disable_partner, enable_partner, remove_partner
+    from shared.db import session_scope
+
+    change = {"disable": disable_partner, "enable": enable_partner, "remove": remove_partner}[
+        args.partner_command
+    ]
+    with session_scope() as session:
+        partner = change(session, name=args.name)
+        print(f"partner {partner.name} (id {partner.id}) {args.partner_command}d")
+
+
+def cmd_partner_rotate_secret(args: argparse.Namespace) -> None:
+    from services.syndicate.partners import rotate_secret
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        secret = rotate_secret(session, name=args.name, grace=args.grace)
+    if args.grace:
+        print(f"the old secret also signs every push for {args.grace}")
+    print(f"signing secret (shown once): {secret}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from shared.retention import prune
+
+    counts = prune(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for kind, count in counts.items():
+        print(f"{verb} {count} {kind.replace('_', ' ')}")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -510,12 +603,28 @@ def build_parser() -> argparse.ArgumentParser:
     slist_sources.add_argument("--failing", action="store_true", help="only sources whose polls fail")
     slist_sources.add_argument("--json", action="store_true")
     slist_sources.set_defaults(func=cmd_source_list)
+    for action, about in (
+        ("disable", "refuse its posts (403) and stop polling it"),
+        ("enable", "take its posts and poll it again"),
+        ("remove", "disable it for good and revoke its tokens; its receipts and stories stay"),
+    ):
+        state = source.add_parser(action, help=about)
+        state.add_argument("name")
+        state.set_defaults(func=cmd_source_state)  # fmt: skip
 
     token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an editor or admin token")
     create.add_argument("--role", required=True, choices=["editor", "admin"])
     create.add_argument("--name", required=True)
+    create.add_argument("--expires", type=_duration, metavar="DURATION", help="e.g. 30d, 12h, 90m")
     create.set_defaults(func=cmd_token_create)
+    tlist = token.add_parser("list", help="tokens: name, role, created, last used, expiry (never the token)")
+    tlist.add_argument("--all", action="store_true", help="revoked and expired tokens too")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=cmd_token_list)
+    revoke = token.add_parser("revoke", help="revoke every live token of this name")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_token_revoke)
 
     partner = commands.add_parser("partner", help="partners").add_subparsers(
         dest="partner_command", required=True
@@ -528,6 +637,23 @@ def build_parser() -> argparse.ArgumentParser:
     padd.add_argument("--tag", action="append", default=[])
     padd.add_argument("--label", action="append", default=[])
     padd.set_defaults(func=cmd_partner_add)
+    for action, about in (
+        ("disable", "stop pushing; its pending deliveries are dead (replayable)"),
+        ("enable", "push again from the next change on"),
+        ("remove", "disable it for good; its deliveries stay as history"),
+    ):
+        state = partner.add_parser(action, help=about)
+        state.add_argument("name")
+        state.set_defaults(func=cmd_partner_state)  # fmt: skip
+    rotate = partner.add_parser("rotate-secret", help="a new signing secret, printed once")
+    rotate.add_argument("name")
+    rotate.add_argument("--grace", type=_duration, default=None, metavar="DURATION",
+                        help="the old secret also signs every push this long (e.g. 1h)")  # fmt: skip
+    rotate.set_defaults(func=cmd_partner_rotate_secret)
+
+    prune = commands.add_parser("prune", help="remove what the retention policy says is old")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    prune.set_defaults(func=cmd_prune)
 
     publish = commands.add_parser("publish", help="publish, schedule or republish a story")
     publish.add_argument("id", type=int)

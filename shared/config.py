@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,11 +34,36 @@ class Settings(BaseSettings):
     # An outbox task sent but not finished after this many seconds was lost
     # (Redis restarted empty, a worker killed): it is sent again.
     outbox_lease: float = 120.0
+    # CIDRs that outbound requests may reach although they are not public.
+    outbound_allow: str = ""
+    # Partner secrets are encrypted with keys derived from this (generated into the data dir if unset).
+    secret_key: SecretStr | None = None
+    # Retention (days; 0 keeps for ever): raw post bytes, whole receipts, finished outbox
+    # events, and sent or superseded deliveries (see shared/retention.py).
+    retain_raw_days: int = Field(default=30, ge=0)
+    retain_receipts_days: int = Field(default=90, ge=0)
+    retain_outbox_days: int = Field(default=2, ge=0)
+    retain_deliveries_days: int = Field(default=30, ge=0)
 
     @field_validator("site_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("NEWSROOM_SECRET_KEY must be at least 32 characters")
+        return value
 
     @property
     def tz(self) -> ZoneInfo:
@@ -50,6 +78,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'newsroom.db').resolve()}"
+
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a sum of them (``1h30m``); ValueError otherwise."""
+    compact = text.strip().lower().replace(" ", "")
+    # The pattern is anchored piece by piece over a short operator-typed string.
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(number + unit for number, unit in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
+    total = timedelta()
+    for number, unit in parts:
+        total += timedelta(**{_UNITS[unit]: int(number)})
+    return total
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
@@ -307,19 +307,6 @@ def mark_done(event_id: int) -> None:
             .where(OutboxEvent.id == event_id, OutboxEvent.done_at.is_(None))
             .values(done_at=utcnow())
         )
-
-
-def prune(*, older_than: timedelta = timedelta(days=2), limit: int = 5000) -> int:
-    """Forget finished outbox events after a while (the stories and deliveries stay)."""
-    with session_scope() as session:
-        ids = list(session.scalars(
-            select(OutboxEvent.id)
-            .where(OutboxEvent.done_at.is_not(None), OutboxEvent.done_at < utcnow() - older_than)
-            .limit(limit)
-        ))  # fmt: skip
-        if ids:
-            session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
-    return len(ids)
 
 
 def event_id_of(task_id: str | None) -> int | None:

@@ -23,8 +23,27 @@ def upgrade(revision: str = "head") -> None:
 
     from shared.config import get_settings
 
-    url = make_url(get_settings().sqlalchemy_url)
+    settings = get_settings()
+    url = make_url(settings.sqlalchemy_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         # SQLite makes the file, not its folder; no other database needs a folder here.
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(), revision)
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        _checkpoint()
+
+
+def _checkpoint() -> None:
+    """Fold SQLite's WAL into the database file and empty it.
+
+    A migration that rewrites secrets (0003 seals partner secrets stored in clear) leaves
+    the old pages in the WAL until it is reused; emptying it leaves them nowhere.
+    """
+    from shared.db import get_engine
+
+    connection = get_engine().raw_connection()
+    try:
+        # The driver connection runs in autocommit (shared.db), as a checkpoint must.
+        connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()

@@ -20,9 +20,12 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.crypto import seal, unseal
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -80,6 +83,10 @@ class Source(Base):
     poll_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A disabled source's tokens are refused and it is not polled; a removed one is also
+    # hidden (its receipts and stories stay, and so does its name).
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    removed_at: Mapped[datetime | None]
 
 
 class Token(Base):
@@ -93,10 +100,14 @@ class Token(Base):
     source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id"))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    # Written at most once a minute per token (shared.auth), not on every request.
+    last_used_at: Mapped[datetime | None]
 
 
 class Receipt(Base):
-    """A wire post exactly as it arrived; never deleted, so nothing a wire sent is lost."""
+    """A wire post exactly as it arrived, kept as long as the retention policy says."""
 
     __tablename__ = "receipts"
 
@@ -110,8 +121,10 @@ class Receipt(Base):
     error: Mapped[dict[str, Any] | None]
     item_count: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     processed_at: Mapped[datetime | None]
+    # When the retention policy dropped the raw bytes (``body`` is then empty).
+    body_pruned_at: Mapped[datetime | None]
 
     items: Mapped[list[ReceiptItem]] = relationship(
         order_by="ReceiptItem.position", cascade="all, delete-orphan"
@@ -257,7 +270,11 @@ class Partner(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     url: Mapped[str] = mapped_column(Text)
-    secret: Mapped[str] = mapped_column(Text)
+    # The signing secret, encrypted (shared.crypto); ``secret`` reads and writes it in clear.
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    # After a rotation, the old secret also signs until ``previous_secret_until``.
+    previous_secret_sealed: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None]
     format: Mapped[str] = mapped_column(String(20), default="ninjs")
     sections: Mapped[list[str]] = mapped_column(default=list)
     tags: Mapped[list[str]] = mapped_column(default=list)
@@ -265,6 +282,24 @@ class Partner(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A removed partner is disabled for good; its deliveries stay as history.
+    removed_at: Mapped[datetime | None]
+
+    @property
+    def secret(self) -> str:
+        """The signing secret in clear (``whsec_…``)."""
+        return unseal(self.secret_sealed)
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.secret_sealed = seal(value)
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets that sign a push now: the current one, and the previous during its grace."""
+        found = [self.secret]
+        if self.previous_secret_sealed and self.previous_secret_until and self.previous_secret_until > now:
+            found.append(unseal(self.previous_secret_sealed))
+        return found
 
 
 class Delivery(Base):
@@ -289,7 +324,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     sent_at: Mapped[datetime | None]
 
 

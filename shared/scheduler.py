@@ -14,16 +14,19 @@ import time
 
 from sqlalchemy import select
 
+from shared import retention
 from shared.celery import send_task
 from shared.db import session_scope
-from shared.events import prune, sweep
+from shared.events import sweep
 from shared.health import BEAT_EVERY, beat, stop_beating
 from shared.models import Delivery, Feed, Source, Story, utcnow
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
-PRUNE_EVERY = 600.0
+# How often this scheduler asks whether the retention policy is due (it runs at most
+# hourly, across every scheduler: shared.retention claims each run in Redis).
+PRUNE_EVERY = 60.0
 SLOW_TICK = 2.0
 
 
@@ -88,7 +91,7 @@ def run(stop: threading.Event | None = None, *, interval: float = TICK_SECONDS) 
                 log.warning("scheduler tick took %.1fs (queued %s)", took, ", ".join(queued) or "nothing")
             if started - last_prune > PRUNE_EVERY:
                 last_prune = started
-                prune()
+                retention.run_if_due()
         except Exception:
             log.exception("scheduler tick failed")
         stop.wait(max(0.0, interval - (time.monotonic() - started)))

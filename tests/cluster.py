@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from shared.redis import redis_server_binary
 from tests.conftest import ROOT, wait_for
+from tests.support import LOOPBACK_ALLOW
 
 
 def free_port() -> int:
@@ -87,6 +88,7 @@ class Cluster:
             "NEWSROOM_OUTBOX_LEASE": "5",
             "NEWSROOM_PARTNER_TIMEOUT": "2",
             "NEWSROOM_LOG_LEVEL": "INFO",
+            "NEWSROOM_OUTBOUND_ALLOW": LOOPBACK_ALLOW,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# What the tests' environments let outbound requests reach: their loopback servers.
+LOOPBACK_ALLOW = "127.0.0.1/32"
+
 
 @dataclass
 class Reply:
@@ -22,6 +25,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     gate: threading.Event | None = None
+    body: bytes = b""
 
 
 @dataclass
@@ -39,9 +43,9 @@ class Push:
 
 
 class PartnerServer:
-    """Answers with the queued replies in order, then with ``default``."""
+    """Answers with the queued replies in order, then with ``default``; listens on ``host``."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, host: str = "127.0.0.1") -> None:
         self.default = default or Reply()
         self.replies: deque[Reply] = deque()
         self.pushes: list[Push] = []
@@ -50,6 +54,9 @@ class PartnerServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.do_POST()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
@@ -67,15 +74,16 @@ class PartnerServer:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", "0")
+                    self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
+                    self.wfile.write(reply.body)
                 except OSError:
                     pass  # the sender gave up waiting
 
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -109,7 +117,11 @@ def ninjs_validator() -> Any:
 
 @contextmanager
 def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
-    """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it."""
+    """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it.
+
+    Partners, polled feeds and hubs in tests are on loopback, so outbound requests may reach
+    127.0.0.1 unless ``env`` says otherwise.
+    """
     from shared.config import reset_settings
     from shared.db import dispose_engines
     from shared.redis import reset_redis
@@ -119,6 +131,7 @@ def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
         dispose_engines()
         reset_redis()
 
+    env = {"NEWSROOM_OUTBOUND_ALLOW": LOOPBACK_ALLOW, **env}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     reset()

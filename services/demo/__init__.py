@@ -25,6 +25,12 @@ from shared.models import Partner, Source
 log = logging.getLogger(__name__)
 
 
+# The demo partner's receiver listens here; `newsroom up --demo` lets outbound requests
+# reach this one address (RECEIVER_ALLOW), and no other non-public one.
+RECEIVER_HOST = "127.0.0.1"
+RECEIVER_ALLOW = f"{RECEIVER_HOST}/32"
+
+
 def _data(name: str) -> Any:
     return json.loads(resources.files(__package__).joinpath(name).read_text(encoding="utf-8"))
 
@@ -56,7 +62,7 @@ class DemoPartner:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((RECEIVER_HOST, 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True, name="demo-partner").start()
 
     @property

@@ -22,7 +22,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.ingest.normalize import slugify
 from services.ingest.parsers import FORMATS, format_for_content_type, parse
 from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem
-from shared.auth import create_token
+from shared import egress
+from shared.auth import create_token, revoke_source_tokens
 from shared.config import get_settings
 from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unprocessable
 from shared.events import emit
@@ -67,10 +68,15 @@ def add_source(
         raise Unprocessable(f"unknown timezone {timezone!r}") from error
     if poll_url and not poll_url.startswith(("http://", "https://")):
         raise Unprocessable("a poll URL must be http(s)")
+    if poll_url:
+        egress.check_url(poll_url, what="poll URL")
     if poll_url and (poll_every is None or poll_every < 1):
         raise Unprocessable("a polled source needs --every SECONDS (at least 1)")
-    if session.scalar(select(Source.id).where(Source.name == name)) is not None:
-        raise Conflict(f"source {name!r} exists")
+    existing = session.scalars(select(Source).where(Source.name == name)).first()
+    if existing is not None:
+        raise Conflict(
+            f"source {name!r} exists" + (" (removed; its name stays taken)" if existing.removed_at else "")
+        )
     source = Source(
         name=name,
         format=format,
@@ -156,6 +162,9 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
         raise Conflict(
             f"receipt {receipt_id} kept only the first {len(receipt.body)} bytes of an oversized post"
         )
+    if receipt.body_pruned_at is not None:
+        raise Conflict(f"receipt {receipt_id}: its raw post was pruned on {receipt.body_pruned_at:%Y-%m-%d} "
+                       "(NEWSROOM_RETAIN_RAW_DAYS)")  # fmt: skip
     source = session.get(Source, receipt.source_id)
     assert source is not None
     receipt.format = format_for_content_type(receipt.content_type, source.format)
@@ -452,15 +461,55 @@ def source_view(source: Source) -> dict[str, Any]:
         "poll_failures": source.poll_failures,
         "last_error": source.last_error,
         "failing": source.poll_failures > 0,
+        "enabled": source.enabled,
     }
 
 
 def list_sources(session: Session, *, failing: bool = False) -> list[Source]:
-    """Every source by name; only those whose polls keep failing with ``failing``."""
-    query = select(Source).order_by(Source.name)
+    """Every source not removed, by name; only those whose polls keep failing with ``failing``."""
+    query = select(Source).where(Source.removed_at.is_(None)).order_by(Source.name)
     if failing:
         query = query.where(Source.poll_failures > 0)
     return list(session.scalars(query))
+
+
+def find_source(session: Session, name: str) -> Source:
+    """A source by name that was not removed; NotFound otherwise."""
+    source = session.scalars(select(Source).where(Source.name == name, Source.removed_at.is_(None))).first()
+    if source is None:
+        raise NotFound(f"source {name!r} not found")
+    return source
+
+
+def disable_source(session: Session, *, name: str) -> Source:
+    """Refuse the source's posts (403) and stop polling it, until it is enabled again."""
+    source = find_source(session, name)
+    source.enabled = False
+    source.next_poll_at = None
+    log.info("source %s (%s) disabled", source.id, source.name)
+    return source
+
+
+def enable_source(session: Session, *, name: str) -> Source:
+    """Take the source's posts again, and poll it from now on if it is polled."""
+    source = find_source(session, name)
+    source.enabled = True
+    source.next_poll_at = utcnow() if source.poll_url else None
+    log.info("source %s (%s) enabled", source.id, source.name)
+    return source
+
+
+def remove_source(session: Session, *, name: str) -> Source:
+    """Disable a source for good, revoke its tokens and hide it.
+
+    Its receipts and stories stay (a story is known by its source and guid, and published
+    stories stay published); so does its name, so that history never points at another source.
+    """
+    source = disable_source(session, name=name)
+    source.removed_at = utcnow()
+    revoked = revoke_source_tokens(session, source_id=source.id)
+    log.info("source %s (%s) removed; %d tokens revoked", source.id, source.name, revoked)
+    return source
 
 
 # Polling ------------------------------------------------------------------------------
@@ -512,7 +561,8 @@ def claim_poll(session: Session, *, source_id: int, now: datetime | None = None)
     now = now or utcnow()
     row = session.execute(
         update(Source)
-        .where(Source.id == source_id, Source.poll_url.is_not(None), Source.next_poll_at <= now)
+        .where(Source.id == source_id, Source.poll_url.is_not(None), Source.enabled.is_(True),
+               Source.next_poll_at <= now)
         .values(next_poll_at=now + POLL_LEASE)
         .returning(Source.name, Source.poll_url, Source.poll_every, Source.poll_etag,
                    Source.poll_last_modified)
@@ -536,7 +586,8 @@ def fetch_poll(request: PollRequest, *, max_bytes: int | None = None) -> PollRes
     deadline = time.monotonic() + POLL_DEADLINE_SECONDS
     try:
         with (
-            httpx.Client(timeout=POLL_TIMEOUT, follow_redirects=True, max_redirects=5) as client,
+            # Every connection, the redirects' included, goes only where it may (shared.egress).
+            egress.client(timeout=POLL_TIMEOUT, follow_redirects=True, max_redirects=5) as client,
             client.stream("GET", request.url, headers=headers) as response,
         ):
             validators = {"etag": response.headers.get("etag"),
@@ -611,7 +662,8 @@ def _poll_succeeded(source: Source, now: datetime, response: PollResponse) -> No
         source.poll_last_modified = response.last_modified
     source.poll_failures = 0
     source.last_error = None
-    source.next_poll_at = now + timedelta(seconds=max(1, source.poll_every or 60))
+    # A source disabled while its poll ran is not polled again.
+    source.next_poll_at = now + timedelta(seconds=max(1, source.poll_every or 60)) if source.enabled else None
 
 
 def poll_backoff(every: int, failures: int) -> timedelta:
@@ -624,7 +676,7 @@ def _poll_failed(source: Source, now: datetime, error: str) -> str:
     source.poll_failures += 1
     source.last_error = error[:2000]
     delay = poll_backoff(source.poll_every or 60, source.poll_failures)
-    source.next_poll_at = now + delay
+    source.next_poll_at = now + delay if source.enabled else None
     log.warning("source %s (%s): poll failed %d times in a row, next in %ds: %s", source.id, source.name,
                 source.poll_failures, delay.total_seconds(), error)  # fmt: skip
     return "failed"

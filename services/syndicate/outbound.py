@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from shared.egress import async_client
+
 log = logging.getLogger(__name__)
 
 # Many partners may hang at once; each holds one connection until its timeout.
@@ -42,7 +44,8 @@ class Outbound:
 
     def _client_in_loop(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(limits=LIMITS, follow_redirects=False, trust_env=False)
+            # Only to permitted addresses, checked at every connection (shared.egress).
+            self._client = async_client(limits=LIMITS, follow_redirects=False)
         return self._client
 
     def submit(self, job: Callable[[httpx.AsyncClient], Awaitable[None]], *, what: str) -> None:

@@ -18,6 +18,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -31,6 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.egress import async_client, check_url, redact_url
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events import emit
 from shared.logs import CONSOLE
@@ -64,24 +66,88 @@ def add_partner(
     sections: list[str] | None = None, tags: list[str] | None = None,
     labels: list[str] | None = None,
 ) -> Partner:  # fmt: skip
-    """Create a partner with a fresh signing secret (``partner.secret``, shown once)."""
+    """Create a partner with a fresh signing secret (``partner.secret``, shown once, stored sealed)."""
     if not name.strip():
         raise Unprocessable("name: a partner needs a name")
-    parsed = httpx.URL(url) if url.startswith(("http://", "https://")) else None
-    if parsed is None or not parsed.host:
+    if not url.startswith(("http://", "https://")):
         raise Unprocessable("url: a partner URL must be an absolute http(s) URL")
+    check_url(url, what="url")
     if format != "ninjs":
         raise Unprocessable("format: only ninjs is supported")
-    if session.scalar(select(Partner.id).where(Partner.name == name)) is not None:
-        raise Conflict(f"partner {name!r} exists")
-    # Standard Webhooks secrets are "whsec_" and base64 of random bytes.
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    partner = Partner(name=name, url=url, format=format, secret=secret,
+    existing = session.scalars(select(Partner).where(Partner.name == name)).first()
+    if existing is not None:
+        raise Conflict(
+            f"partner {name!r} exists" + (" (removed; its name stays taken)" if existing.removed_at else "")
+        )
+    partner = Partner(name=name, url=url, format=format, secret=new_secret(),
                       sections=_clean(sections), tags=_clean(tags),
                       labels=[label.lower() for label in _clean(labels)])  # fmt: skip
     session.add(partner)
     session.flush()
-    log.info("partner %s (id %s) added: %s", partner.name, partner.id, partner.url)
+    log.info("partner %s (id %s) added: %s", partner.name, partner.id, redact_url(partner.url))
+    return partner
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: "whsec_" and base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def find_partner(session: Session, name: str) -> Partner:
+    """A partner by name that was not removed; NotFound otherwise."""
+    partner = session.scalars(
+        select(Partner).where(Partner.name == name, Partner.removed_at.is_(None))
+    ).first()
+    if partner is None:
+        raise NotFound(f"partner {name!r} not found")
+    return partner
+
+
+def rotate_secret(session: Session, *, name: str, grace: timedelta | None = None) -> str:
+    """Give a partner a new secret and return it; the old one also signs for ``grace``."""
+    partner = find_partner(session, name)
+    now = utcnow()
+    if grace:
+        partner.previous_secret_sealed = partner.secret_sealed
+        partner.previous_secret_until = now + grace
+    else:
+        partner.previous_secret_sealed = None
+        partner.previous_secret_until = None
+    secret = new_secret()
+    partner.secret = secret
+    until = partner.previous_secret_until
+    log.info("partner %s: signing secret rotated; the old one signs until %s", partner.name,
+             until.isoformat() if until else "now")  # fmt: skip
+    return secret
+
+
+def disable_partner(session: Session, *, name: str, reason: str = "disabled by an admin") -> Partner:
+    """Stop pushing to a partner; its pending deliveries are dead (and can be replayed later)."""
+    partner = find_partner(session, name)
+    _disable(session, partner, reason=reason)
+    return partner
+
+
+def enable_partner(session: Session, *, name: str) -> Partner:
+    """Push to a disabled partner again (from the next change on; replay sends what it missed)."""
+    partner = find_partner(session, name)
+    partner.enabled = True
+    partner.disabled_reason = None
+    log.info("partner %s enabled", partner.name)
+    return partner
+
+
+def remove_partner(session: Session, *, name: str) -> Partner:
+    """Disable a partner for good and hide it; its deliveries stay, as the history of what went out.
+
+    A removed partner is never enabled again (not even by a replay), and its name stays taken,
+    so a delivery's partner always names the one it went to.
+    """
+    partner = find_partner(session, name)
+    _disable(session, partner, reason="removed")
+    partner.removed_at = utcnow()
+    partner.previous_secret_sealed = None
+    partner.previous_secret_until = None
     return partner
 
 
@@ -90,8 +156,13 @@ def _clean(values: list[str] | None) -> list[str]:
 
 
 def sign(secret: str, delivery_id: str, timestamp: datetime, body: str) -> str:
-    """The webhook-signature header for one try: ``v1,`` + base64 HMAC-SHA256 of id.timestamp.body."""
+    """One signature: ``v1,`` + base64 HMAC-SHA256 of id.timestamp.body."""
     return Webhook(secret).sign(delivery_id, timestamp, body)
+
+
+def signature_header(keys: Sequence[str], delivery_id: str, timestamp: datetime, body: str) -> str:
+    """The webhook-signature header: one signature per secret, space-separated (during a rotation)."""
+    return " ".join(sign(secret, delivery_id, timestamp, body) for secret in keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +214,8 @@ class Attempt:
     partner_id: int
     partner: str
     url: str
-    secret: str
+    # The current secret first; the previous one too while a rotation's grace lasts.
+    secrets: tuple[str, ...]
     payload: str
     story_id: int
     version: int
@@ -228,7 +300,7 @@ def claim(delivery_id: str, *, now: datetime) -> Attempt | str:
             return _status_now(session, delivery.id)
         return Attempt(
             delivery_id=delivery.id, number=number, partner_id=partner.id, partner=partner.name,
-            url=partner.url, secret=partner.secret, payload=delivery.payload,
+            url=partner.url, secrets=tuple(partner.signing_secrets(now)), payload=delivery.payload,
             story_id=delivery.story_id, version=delivery.story_revision,
         )  # fmt: skip
 
@@ -286,7 +358,7 @@ def request_headers(attempt: Attempt, at: datetime) -> dict[str, str]:
         "user-agent": USER_AGENT,
         "webhook-id": attempt.delivery_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": sign(attempt.secret, attempt.delivery_id, at, attempt.payload),
+        "webhook-signature": signature_header(attempt.secrets, attempt.delivery_id, at, attempt.payload),
     }
 
 
@@ -473,7 +545,7 @@ def deliver(delivery_id: str, *, now: datetime | None = None) -> str:
         return attempt
 
     async def run() -> AttemptResult:
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        async with async_client(follow_redirects=False) as client:
             return await send_attempt(client, attempt, limit=get_settings().partner_timeout, clock=now)
 
     try:
@@ -526,6 +598,8 @@ def replay(session: Session, *, delivery_id: str | None = None, partner: str | N
                 and delivery.last_status is None and (delivery.next_attempt_at or now) > now:  # fmt: skip
             continue  # in flight right now
         owner = session.get_one(Partner, delivery.partner_id)
+        if owner.removed_at is not None:
+            raise Conflict(f"partner {owner.name!r} was removed; its deliveries are not sent again")
         if not owner.enabled:
             owner.enabled = True
             owner.disabled_reason = None

@@ -15,6 +15,7 @@ from services.syndicate.outbound import drain_outbound, get_outbound
 from shared.celery import app, newsroom_task, run_gathered, send_task
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.egress import redact_url
 from shared.logs import CONSOLE
 from shared.models import utcnow
 from shared.redis import get_redis
@@ -118,7 +119,7 @@ def ping_hubs(urls: list[str]) -> None:
             async def ping(client: httpx.AsyncClient, hub: str = hub, url: str = url) -> None:
                 await _ping(client, hub, url)
 
-            get_outbound().submit(ping, what=f"hub {hub} ping for {url}")
+            get_outbound().submit(ping, what=f"hub {redact_url(hub)} ping for {url}")
 
 
 async def _ping(client: httpx.AsyncClient, hub: str, url: str) -> None:
@@ -132,7 +133,7 @@ async def _ping(client: httpx.AsyncClient, hub: str, url: str) -> None:
             response = await client.post(hub, data={"hub.mode": "publish", "hub.topic": url, "hub.url": url},
                                          timeout=HUB_TIMEOUT)  # fmt: skip
             response.raise_for_status()
-    log.info("hub %s told of %s: %s", hub, url, response.status_code)
+    log.info("hub %s told of %s: %s", redact_url(hub), url, response.status_code)
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]  # a solo worker

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import stat
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from services.syndicate.partners import add_partner
+from services.syndicate.partners import add_partner, rotate_secret
 from shared.db import session_scope
 from shared.models import Partner, Token
-from tests.conftest import Pipeline, wait_for
+from tests.conftest import ROOT, Pipeline, wait_for
 from tests.support import PartnerServer, newsroom_environment
 
 pytestmark = pytest.mark.pipeline
@@ -114,16 +117,31 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
     editor = pipeline.token("editor")
     editor_token = editor["Authorization"].removeprefix("Bearer ")
     server = PartnerServer()
+    # A partner URL may carry a token of the partner's in its query: never logged.
+    query_token = f"qt{secrets.token_hex(8)}"
+    partner_name = f"secret-{secrets.token_hex(3)}"
     with session_scope() as session:
-        partner = add_partner(session, name=f"secret-{secrets.token_hex(3)}", url=server.url)
-        secret = partner.secret
+        partner = add_partner(session, name=partner_name, url=f"{server.url}?token={query_token}")
+        retired = partner.secret
+    with session_scope() as session:
+        secret = rotate_secret(session, name=partner_name, grace=timedelta(hours=1))
     story_id = _story(pipeline, name, wire, "Secrets story")
     pipeline.client.post(f"/v1/stories/{story_id}/publish", headers=editor, json={})
     wait_for(lambda: server.pushes, what="the push")
+    assert len(server.pushes[0].headers["webhook-signature"].split(" ")) == 2
+    secret_values = [secret, secret.removeprefix("whsec_"), retired, retired.removeprefix("whsec_")]
     for log in ("worker", "scheduler"):
         text = pipeline.log(log)
-        for value in (wire_token, editor_token, secret, secret.removeprefix("whsec_")):
+        for value in (wire_token, editor_token, query_token, *secret_values):
             assert value not in text, f"a secret is in the {log} log"
+    # The partner's secrets are stored sealed, and the generated key is its owner's alone.
+    with session_scope(read_only=True) as session:
+        row = session.scalars(select(Partner).where(Partner.name == partner_name)).one()
+        stored = f"{row.secret_sealed} {row.previous_secret_sealed}"
+    assert all(value not in stored for value in secret_values)
+    key_file = pipeline.data_dir / "secret.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_bytes().strip()) >= 32
     with session_scope(read_only=True) as session:
         hashes = set(session.scalars(select(Token.token_hash)))
     assert wire_token not in hashes
@@ -137,8 +155,35 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
         # Read them from another process: closing a descriptor of the database file
         # here would drop this process's SQLite locks on it (POSIX advisory locks).
         found = subprocess.run(
-            [sys.executable, "-c", SEARCH_FILES, path, wire_token, editor_token],
+            [sys.executable, "-c", SEARCH_FILES, path, wire_token, editor_token, *secret_values],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         assert found == []
     server.close()
+
+
+def test_a_redis_password_never_reaches_the_logs(pipeline: Pipeline) -> None:
+    # Redis's default user takes any password when it has none, so a URL can carry one here.
+    password = f"pw{secrets.token_hex(8)}"
+    url = pipeline.env["NEWSROOM_REDIS_URL"].replace("redis://", f"redis://default:{password}@", 1)
+    env = {**os.environ, **pipeline.env, "NEWSROOM_REDIS_URL": url}
+    logs = {name: pipeline.data_dir / f"redis-password-{name}.log" for name in ("worker", "scheduler")}
+    commands = {"worker": ["worker", "-Q", f"nothing-{password[:4]}", "-c", "1", "--loglevel", "DEBUG"],
+                "scheduler": ["scheduler"]}  # fmt: skip
+    processes = {}
+    for name, argv in commands.items():
+        with open(logs[name], "wb") as log:
+            command = [sys.executable, "-m", "services.cli", *argv]
+            processes[name] = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+    try:
+        wait_for(lambda: "ready" in logs["worker"].read_text(errors="replace"), timeout=60, what="the worker")
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
+    for name, path in logs.items():
+        text = path.read_text(errors="replace")
+        assert text, name
+        assert password not in text, f"the Redis password is in the {name} log"

@@ -28,6 +28,7 @@ import pytest
 from lxml import etree  # type: ignore[import-untyped]
 
 from tests.conftest import ROOT, wait_for
+from tests.support import LOOPBACK_ALLOW
 
 pytestmark = pytest.mark.pipeline
 
@@ -129,6 +130,7 @@ def newsroom(hubs: list[LoopbackHub], tmp_path_factory: pytest.TempPathFactory) 
     base = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
     env.update(NEWSROOM_DATA_DIR=str(data), NEWSROOM_SITE_URL=base, NEWSROOM_LOG_LEVEL="INFO",
+               NEWSROOM_OUTBOUND_ALLOW=LOOPBACK_ALLOW,
                NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs))  # fmt: skip
     log_path = data / "up.log"
     with open(log_path, "ab") as log:
