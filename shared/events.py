@@ -54,6 +54,9 @@ def emit(
     commit (``shared.celery.run_here``), saving the trip through the broker; if that run
     fails, or the process dies first, it goes to the broker like any other.
     """
+    settings = get_settings()
+    gather = gather and settings.outbox_batch
+    here = here and settings.outbox_run_here
     now = utcnow()
     event = OutboxEvent(task=task, kwargs=kwargs, next_try_at=now, sent_at=now, gather=gather)
     session.add(event)
