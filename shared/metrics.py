@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Delivery, Feed, Partner, Receipt, Source, Story
+from shared.tasknames import QUEUES
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("ingest", "publish", "syndicate")
 LATENCY_KEY = "newsroom:metrics:publish_to_feed"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

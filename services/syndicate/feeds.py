@@ -227,8 +227,14 @@ _ITEMS_MAX = 1024
 _ITEMS_LOCK = threading.Lock()
 # The columns whose values say whether a story's entry changed: a feed reads these first
 # and loads the whole story only for entries it has not built.
-ITEM_KEY_COLUMNS = (Story.id, Story.revision, Story.modified_at, Story.published_at, Story.updated_at,
-                    Story.status)  # fmt: skip
+ITEM_KEY_COLUMNS = (
+    Story.id,
+    Story.revision,
+    Story.modified_at,
+    Story.published_at,
+    Story.updated_at,
+    Story.status,
+)
 
 
 def _item_key(values: Sequence[Any], settings: Settings) -> tuple[Any, ...]:

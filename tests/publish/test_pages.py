@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import unescape
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from services.publish import pages
 from shared import db
 from shared.config import Settings, reset_settings
 from shared.models import Base, Source, Story, StoryLabel, StoryTag
+from tests.helpers.support import text_of
 
 CSP = (
     "default-src 'none'; img-src * data:; style-src 'self'; "
@@ -30,22 +30,6 @@ LEDE = (
     "Russian army in the Donetsk region"
 )
 DISCLAIMER = "The editorial staff does not always share the opinions expressed by the blog authors."
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-
-def text_of(html: str) -> str:
-    """The page's visible text, unescaped, with whitespace collapsed."""
-    parser = _Text()
-    parser.feed(html)
-    return re.sub(r"\s+", " ", " ".join(parser.parts))
 
 
 def settings() -> Settings:

@@ -21,8 +21,7 @@ from services.syndicate.partners import RETRY_LADDER, acquire_slot, release_slot
 from shared.config import reset_settings
 from shared.db import session_scope
 from shared.models import Partner, utcnow
-from tests.conftest import Pipeline, wait_for
-from tests.syndicate.newsdesk import (
+from tests.helpers.newsdesk import (
     Answer,
     Hook,
     PartnerRef,
@@ -35,6 +34,8 @@ from tests.syndicate.newsdesk import (
     new_source,
     signature_ok,
 )
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -188,12 +189,14 @@ def test_429_honours_retry_after_in_seconds_and_as_a_date(
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
     retry_at = T0 + timedelta(seconds=120) + timedelta(hours=1)
-    hook.answers.extend([
-        Answer(429, {"Retry-After": "120"}),
-        Answer(429, {"Retry-After": format_datetime(retry_at, usegmt=True)}),
-        Answer(429, {"Retry-After": "1"}),
-        Answer(204),
-    ])  # fmt: skip
+    hook.answers.extend(
+        [
+            Answer(429, {"Retry-After": "120"}),
+            Answer(429, {"Retry-After": format_datetime(retry_at, usegmt=True)}),
+            Answer(429, {"Retry-After": "1"}),
+            Answer(204),
+        ]
+    )
 
     assert partners.deliver(delivery_id, now=T0) == "pending"
     # Retry-After asks for a wait: no "at once" retry, and the wait is longer than the ladder's.
@@ -443,8 +446,9 @@ def test_deliveries_list_in_the_api_and_the_cli(
         1,
     )
     assert (dead["last_status"], dead["last_error"], dead["event"]) == (400, "HTTP 400", "story.published")
-    only_dead = pipeline.client.get("/v1/deliveries", params={"partner": partner.name, "status": "dead"},
-                                    headers=admin).json()["deliveries"]  # fmt: skip
+    only_dead = pipeline.client.get(
+        "/v1/deliveries", params={"partner": partner.name, "status": "dead"}, headers=admin
+    ).json()["deliveries"]
     assert [d["id"] for d in only_dead] == [dead_id]
 
     assert pipeline.client.get("/v1/deliveries").status_code == 401
@@ -461,8 +465,23 @@ def test_partner_add_prints_a_secret_and_keeps_its_filters(
     pipeline: Pipeline, hook: Hook, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"cli-partner-{T0.timestamp():.0f}-{id(hook)}"
-    main(["partner", "add", name, "--url", hook.url, "--section", "World", "--tag", "Київ",
-          "--label", "Breaking", "--label", "exclusive"])  # fmt: skip
+    main(
+        [
+            "partner",
+            "add",
+            name,
+            "--url",
+            hook.url,
+            "--section",
+            "World",
+            "--tag",
+            "Київ",
+            "--label",
+            "Breaking",
+            "--label",
+            "exclusive",
+        ]
+    )
     out = capsys.readouterr().out
     secret = out.strip().splitlines()[-1].split(": ")[-1]
     assert secret.startswith("whsec_")
