@@ -63,6 +63,7 @@ def emit(session: Session, task: TaskRef, kwargs: dict[str, Any], *, batch: bool
     """
     if batch and task.batch is None:
         raise ValueError(f"task {task.name} has no batch entry point")
+    batch = batch and get_settings().outbox_batch  # off: every event on its own (to measure batches)
     now = utcnow()
     event = OutboxEvent(task=task.name, kwargs=kwargs, next_try_at=now, sent_at=now, gather=batch)
     session.add(event)

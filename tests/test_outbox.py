@@ -293,3 +293,16 @@ def published() -> Iterator[list[str]]:
         yield sent
     finally:
         after_task_publish.disconnect(note)
+
+
+def test_with_batches_off_every_event_goes_on_its_own(newsroom: dict[str, str]) -> None:
+    gathered: list[bool] = []
+
+    def emit_and_roll_back() -> None:
+        with session_scope() as session:
+            gathered.append(emit(session, PROCESS_RECEIPT, {"receipt_id": 0}, batch=True).gather)
+            raise RuntimeError("rolled back: never relayed")
+
+    with newsroom_environment({**newsroom, "NEWSROOM_OUTBOX_BATCH": "off"}), pytest.raises(RuntimeError):
+        emit_and_roll_back()
+    assert gathered == [False]

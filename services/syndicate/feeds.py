@@ -25,6 +25,7 @@ from sqlalchemy import inspect as sa_inspect
 from shared.config import Settings
 from shared.models import Story
 from shared.ninjs import rfc3339, story_url
+from shared.stories import LABELS as LABELS  # re-exported: the feed modules name it from here
 from shared.text import slugify
 
 FeedKind = Literal["all", "section", "tag", "author", "label"]
@@ -32,7 +33,6 @@ FeedFormat = Literal["rss", "atom", "json"]
 
 FEED_KINDS: tuple[str, ...] = get_args(FeedKind)
 FEED_FORMATS: tuple[str, ...] = get_args(FeedFormat)
-LABELS: tuple[str, ...] = ("exclusive", "breaking", "opinion", "updated")
 MEDIA_TYPES: dict[str, str] = {
     "rss": "application/rss+xml; charset=utf-8",
     "atom": "application/atom+xml; charset=utf-8",

@@ -13,6 +13,7 @@ import redis as redis_lib
 from sqlalchemy import select
 
 from shared.db import session_scope
+from shared.failures import RUNS
 from shared.models import OutboxEvent, Story
 from tests.helpers.pipeline import Pipeline
 from tests.helpers.support import wait_for
@@ -92,8 +93,8 @@ def test_a_post_and_its_auto_publish_each_run_once_in_a_batch(pipeline: Pipeline
     ingest, publish = sorted(wait_for(events, timeout=30, what="both events done"), key=lambda row: row.task)
     runs = redis_lib.Redis.from_url(pipeline.env["NEWSROOM_REDIS_URL"])
     # Each ran once, both in a run of their task's batch entry point.
-    assert runs.get(f"newsroom:runs:{ingest.id}") == b"1"
-    assert runs.get(f"newsroom:runs:{publish.id}") == b"1"
+    assert runs.get(f"{RUNS}:{ingest.id}") == b"1"
+    assert runs.get(f"{RUNS}:{publish.id}") == b"1"
 
     def batch_line(task: str, event_id: int) -> str | None:
         for line in pipeline.log("worker").splitlines():
