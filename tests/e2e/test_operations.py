@@ -65,7 +65,7 @@ def test_health_and_readiness(pipeline: Pipeline) -> None:
     assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
 
 
-def test_readiness_names_the_failed_dependency(pipeline: Pipeline) -> None:
+def test_readiness_names_the_failed_dependency(newsroom: dict[str, str]) -> None:
     # A Redis that is not there: the database still answers, so only Redis is named.
     with newsroom_environment({"NEWSROOM_REDIS_URL": "redis://127.0.0.1:1/0"}):
         from fastapi.testclient import TestClient

@@ -221,7 +221,7 @@ def test_zero_keeps_a_kind_for_ever(aged: Aged, monkeypatch: pytest.MonkeyPatch)
         reset_settings()
 
 
-def test_one_run_an_hour_across_schedulers(pipeline: Pipeline) -> None:
+def test_one_run_an_hour_across_schedulers(newsroom: dict[str, str]) -> None:
     get_redis().delete(retention.CLAIM_KEY)
     assert retention.claim() is True
     assert retention.claim() is False  # a second scheduler finds it claimed

@@ -280,7 +280,7 @@ def test_a_feed_never_rendered_is_rendered_on_first_request(pipeline: Pipeline) 
         assert service.stored_document(session, name, "rss") is not None
 
 
-def test_the_same_content_renders_to_the_same_bytes(pipeline: Pipeline) -> None:
+def test_the_same_content_renders_to_the_same_bytes(newsroom: dict[str, str]) -> None:
     tag = unique("stable")
     insert_story(new_source(), tags=[tag], status="published", published_at=utcnow())
     name = f"tag/{slugify(tag)}"

@@ -128,7 +128,7 @@ def test_log_lines_show_no_password_and_no_query() -> None:
 
 
 def test_urls_that_resolve_to_non_public_addresses_are_refused_when_added(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     allowing(allow, "")
     with session_scope() as session, pytest.raises(Unprocessable, match="loopback"):
@@ -164,7 +164,7 @@ def test_urls_that_resolve_to_non_public_addresses_are_refused_when_added(
 
 
 def test_a_push_goes_to_the_checked_address_and_is_refused_when_dns_changes(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, elsewhere: PartnerServer
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, elsewhere: PartnerServer
 ) -> None:
     port = elsewhere.server.server_address[1]
     host = "partner.newsroom.test"
@@ -213,7 +213,7 @@ def test_the_worker_refuses_a_partner_whose_address_is_not_allowed(
 
 
 def test_a_poll_redirect_to_a_forbidden_address_is_refused(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, elsewhere: PartnerServer
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, elsewhere: PartnerServer
 ) -> None:
     target = f"http://{OTHER_LOOPBACK}:{elsewhere.server.server_address[1]}/feed.xml"
     for location, kind in ((target, "loopback"), ("http://169.254.169.254/latest/meta-data/", "link-local")):

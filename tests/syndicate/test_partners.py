@@ -45,7 +45,7 @@ LATER = T0 + timedelta(days=1)
 
 
 @pytest.fixture
-def story(pipeline: Pipeline) -> StoryRef:
+def story(newsroom: dict[str, str]) -> StoryRef:
     return insert_story(new_source())
 
 
@@ -81,7 +81,9 @@ def assert_waited(delivery_id: str, *, after: int, since: object) -> None:
 # --- signing -----------------------------------------------------------------------------------
 
 
-def test_a_push_is_signed_per_standard_webhooks(pipeline: Pipeline, story: StoryRef, hook: Hook) -> None:
+def test_a_push_is_signed_per_standard_webhooks(
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
+) -> None:
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
 
@@ -106,7 +108,9 @@ def test_a_push_is_signed_per_standard_webhooks(pipeline: Pipeline, story: Story
 # --- faults --------------------------------------------------------------------------------------
 
 
-def test_refused_connections_climb_the_whole_ladder_then_die(pipeline: Pipeline, story: StoryRef) -> None:
+def test_refused_connections_climb_the_whole_ladder_then_die(
+    newsroom: dict[str, str], story: StoryRef
+) -> None:
     partner = new_partner(closed_port_url())
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
     now = T0
@@ -130,7 +134,7 @@ def test_refused_connections_climb_the_whole_ladder_then_die(pipeline: Pipeline,
     assert "gave up after 10 attempts" in (row.last_error or "")
 
 
-def test_server_errors_retry_at_once_then_on_the_ladder(pipeline: Pipeline, story: StoryRef) -> None:
+def test_server_errors_retry_at_once_then_on_the_ladder(newsroom: dict[str, str], story: StoryRef) -> None:
     hook = Hook(Answer(500))
     try:
         partner = new_partner(hook.url)
@@ -161,7 +165,7 @@ def test_server_errors_retry_at_once_then_on_the_ladder(pipeline: Pipeline, stor
 
 
 def test_a_hanging_partner_times_out_and_waits_its_turn(
-    pipeline: Pipeline, story: StoryRef, settings_env: pytest.MonkeyPatch
+    newsroom: dict[str, str], story: StoryRef, settings_env: pytest.MonkeyPatch
 ) -> None:
     set_setting(settings_env, "NEWSROOM_PARTNER_TIMEOUT", "0.2")
     gate = threading.Event()
@@ -184,7 +188,7 @@ def test_a_hanging_partner_times_out_and_waits_its_turn(
 
 
 def test_429_honours_retry_after_in_seconds_and_as_a_date(
-    pipeline: Pipeline, story: StoryRef, hook: Hook
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
 ) -> None:
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
@@ -221,7 +225,7 @@ def test_429_honours_retry_after_in_seconds_and_as_a_date(
 
 @pytest.mark.parametrize("status", [408, 502, 503])
 def test_other_retryable_answers_wait_on_the_ladder(
-    pipeline: Pipeline, story: StoryRef, hook: Hook, status: int
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, status: int
 ) -> None:
     hook.default = Answer(status)
     partner = new_partner(hook.url)
@@ -233,7 +237,7 @@ def test_other_retryable_answers_wait_on_the_ladder(
 
 
 def test_a_redirect_is_not_followed_and_the_delivery_is_dead(
-    pipeline: Pipeline, story: StoryRef, hook: Hook
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
 ) -> None:
     elsewhere = Hook()
     try:
@@ -253,7 +257,9 @@ def test_a_redirect_is_not_followed_and_the_delivery_is_dead(
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-def test_a_client_error_is_dead_at_once(pipeline: Pipeline, story: StoryRef, hook: Hook, status: int) -> None:
+def test_a_client_error_is_dead_at_once(
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, status: int
+) -> None:
     hook.default = Answer(status)
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
@@ -383,7 +389,7 @@ def test_a_newer_version_waits_while_an_older_one_is_in_flight(
 
 
 def test_a_partner_with_every_slot_busy_gets_the_delivery_back_later(
-    pipeline: Pipeline, story: StoryRef, hook: Hook, settings_env: pytest.MonkeyPatch
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, settings_env: pytest.MonkeyPatch
 ) -> None:
     set_setting(settings_env, "NEWSROOM_PARTNER_CONCURRENCY", "1")
     partner = new_partner(hook.url)
@@ -462,7 +468,7 @@ def test_deliveries_list_in_the_api_and_the_cli(
 
 
 def test_partner_add_prints_a_secret_and_keeps_its_filters(
-    pipeline: Pipeline, hook: Hook, capsys: pytest.CaptureFixture[str]
+    newsroom: dict[str, str], hook: Hook, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"cli-partner-{T0.timestamp():.0f}-{id(hook)}"
     main(
