@@ -25,7 +25,7 @@ from shared.config import get_settings
 from shared.db import after_commit, session_scope
 from shared.failures import RUNS, RUNS_TTL_SECONDS, Verdict, decide, record_failure
 from shared.models import OutboxEvent, utcnow
-from shared.outbox import BATCH_ON_ITS_WAY, Outgoing, emitted, relay, send_batch
+from shared.outbox import BATCH_ON_ITS_WAY, Outgoing, emitted, in_place_depth, relay, send_batch
 from shared.redis import get_redis
 from shared.tasknames import TaskRef
 
@@ -146,7 +146,10 @@ def run_batch(
         raise
     if not events:
         return 0
-    log.info("task %s: %d events in one run: %s", task.name, len(ran), ",".join(str(e.id) for e in events))
+    where = " in place, right after the commit that wrote them" if in_place_depth.get() else ""
+    log.info(
+        "task %s: %d events in one run%s: %s", task.name, len(ran), where, ",".join(str(e.id) for e in events)
+    )
     for kwargs, detail in failures:
         record_failure(task.name, kwargs, detail)
     if more:
@@ -160,12 +163,14 @@ def run_batch(
 def claim(session: Session, task: TaskRef, *, limit: int) -> tuple[list[Claimed], bool]:
     """Claim the pending events of a batched task for this run; and whether more are waiting.
 
-    The run clears the "on its way" mark first, so an event that commits after this read
-    sends a message of its own. Events another run has claimed are left to it.
+    A run started by a message clears the "on its way" mark first, so an event that commits
+    after this read sends a message of its own (a run in place sent no message, and leaves
+    it). Events another run has claimed are left to it.
     """
     redis = get_redis()
     try:
-        redis.delete(f"{BATCH_ON_ITS_WAY}:{task.name}")
+        if not in_place_depth.get():
+            redis.delete(f"{BATCH_ON_ITS_WAY}:{task.name}")
     except Exception as error:  # the mark expires on its own
         log.warning("outbox: could not clear the batch mark of %s: %s", task.name, error)
     rows = session.execute(
@@ -212,7 +217,7 @@ def send_alone(session: Session, events: Sequence[Claimed]) -> None:
         .execution_options(synchronize_session=False)
     )
     outgoing = [Outgoing(event.id, event.task, event.kwargs, event.sends, False) for event in events]
-    after_commit(session, lambda: relay(outgoing))
+    after_commit(session, lambda: relay(outgoing, in_place=False))
 
 
 def release(events: Sequence[Claimed]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -87,12 +88,30 @@ def _outgoing(event: OutboxEvent) -> Outgoing:
     return Outgoing(event.id, event.task, event.kwargs, event.attempts, event.gather)
 
 
-def relay(events: list[Outgoing]) -> int:
-    """Send outbox events to the broker; the ones it did not take are left for the sweep."""
+# How a worker runs an event in place, right after the commit that wrote it (set by the task
+# wrapper, ``shared.tasks``, while a task runs); it returns False to leave the event to the broker.
+run_in_place: ContextVar[Callable[[Outgoing], bool] | None] = ContextVar("run_in_place", default=None)
+# How deep runs in place are nested here (a batch of publishes run after the batch of ingests
+# that emitted them, and the feed flags after those).
+in_place_depth: ContextVar[int] = ContextVar("in_place_depth", default=0)
+
+
+def relay(events: list[Outgoing], *, in_place: bool = True) -> int:
+    """Send outbox events to the broker; the ones it did not take are left for the sweep.
+
+    In a worker, a task declared ``in_place`` is run here first (a batch once, taking all its
+    pending events); it goes to the broker if that run fails.
+    """
     failed: list[int] = []
     batches: set[str] = set()
+    runner = run_in_place.get() if in_place else None
     for event in events:
         if event.batch and event.task in batches:
+            continue
+        ref = DECLARED.get(event.task)
+        if runner is not None and ref is not None and ref.in_place and runner(event):
+            if event.batch:
+                batches.add(event.task)
             continue
         if failed:  # the broker is down: do not wait on it once per event
             failed.append(event.id)

@@ -15,10 +15,12 @@ QUEUES = ("ingest", "publish", "syndicate")
 
 
 class TaskRef(NamedTuple):
-    """A task's stable name and, if its events may be gathered, its batch entry point's name."""
+    """A task's stable name, its batch entry point's name if its events may be batched, and
+    whether a worker that emits it runs it in place, right after the commit (``shared.tasks``)."""
 
     name: str
     batch: str | None = None
+    in_place: bool = False
 
     @property
     def queue(self) -> str:
@@ -27,10 +29,11 @@ class TaskRef(NamedTuple):
 
 PROCESS_RECEIPT = TaskRef("ingest.process_receipt", batch="ingest.process_receipts")
 POLL_SOURCE = TaskRef("ingest.poll_source")
-PUBLISH_STORY = TaskRef("publish.publish_story", batch="publish.publish_stories")
+# An ingest's auto-publishes, and a publish's feed flags, run in the worker that emitted them.
+PUBLISH_STORY = TaskRef("publish.publish_story", batch="publish.publish_stories", in_place=True)
 PUBLISH_DUE = TaskRef("publish.publish_due")
 UNPUBLISH_STORY = TaskRef("publish.unpublish_story")
-STORY_CHANGED = TaskRef("syndicate.story_changed", batch="syndicate.stories_changed")
+STORY_CHANGED = TaskRef("syndicate.story_changed", batch="syndicate.stories_changed", in_place=True)
 RENDER_FEEDS = TaskRef("syndicate.render_feeds")
 DELIVER = TaskRef("syndicate.deliver")
 SWEEP_DELIVERIES = TaskRef("syndicate.sweep_deliveries")

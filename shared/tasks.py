@@ -3,7 +3,9 @@
 Built on the Celery app (``shared.celery``) and the outbox (``shared.outbox``). A task
 is a plain function registered under a name declared in ``shared.tasknames``; a task
 whose events may be batched has a second, separately named entry point for its batch
-(``batch_task``).
+(``batch_task``). While a task runs, the events it emits of a task declared ``in_place``
+are run by this worker right after their commit (``_run_in_place``), saving the trip
+through the broker; if that run fails, or the worker dies first, they go to the broker.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from typing import Any, TypeVar
 from celery import Task
 
 from shared.celery import app, time_limit
+from shared.config import get_settings
 from shared.failures import MAX_FAILURES, Verdict, count_run, decide, record_failure, too_many_runs
-from shared.outbox import event_id_of, mark_done, running_event
+from shared.outbox import Outgoing, event_id_of, in_place_depth, mark_done, run_in_place, running_event
 from shared.tasknames import DECLARED, TaskRef
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+# Task bodies by registered name, for running an event in place.
+_bodies: dict[str, Callable[..., Any]] = {}
+# Runs in place nest at most this deep (ingests, then their publishes, then their feed flags).
+MAX_IN_PLACE_DEPTH = 2
 
 
 def newsroom_task(ref: TaskRef, *, max_failures: int = MAX_FAILURES) -> Callable[[Callable[..., R]], Task]:
@@ -41,6 +49,8 @@ def batch_task(ref: TaskRef) -> Callable[[Callable[[], R]], Task]:
 
 
 def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
+    _bodies[name] = func
+
     @app.task(name=name, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     @wraps(func)
     def run(self: Task, **kwargs: Any) -> None:
@@ -51,6 +61,7 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
             record_failure(name, kwargs, f"started {tries} times (it kills its worker?); given up")
         else:
             token = running_event.set(event_id)
+            runner = run_in_place.set(_run_in_place if get_settings().outbox_run_here else None)
             try:
                 with time_limit(name):
                     func(**kwargs)
@@ -75,7 +86,44 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
                 # A task whose body did not call shared.outbox.finish is marked done below.
                 event_id = running_event.get()
                 running_event.reset(token)
+                run_in_place.reset(runner)
         if event_id is not None:
             mark_done(event_id)
 
     return run
+
+
+def _run_in_place(event: Outgoing) -> bool:
+    """Run an event's task (a batch: its batch entry point) in this worker, after the commit that wrote it.
+
+    Returns False, leaving the event to the broker, when runs in place are nested too deep
+    already or the run failed for a reason worth a retry.
+    """
+    depth = in_place_depth.get()
+    ref = DECLARED[event.task]
+    name = ref.batch if event.batch else ref.name
+    body = _bodies.get(name or "")
+    if body is None or depth >= MAX_IN_PLACE_DEPTH:
+        return False
+    nested = in_place_depth.set(depth + 1)
+    token = running_event.set(None if event.batch else event.id)
+    try:
+        body(**({} if event.batch else event.kwargs))
+    except Exception as error:
+        decision = decide(error, tries=1)
+        if decision.verdict is Verdict.SKIP:
+            log.info("task %s skipped: %s", name, decision.detail)
+        elif decision.verdict is Verdict.PERMANENT:
+            record_failure(event.task, event.kwargs, decision.detail)
+        else:
+            log.warning(
+                "task %s %s failed in place, sent to a worker: %s", name, event.kwargs, decision.detail
+            )
+            return False
+    finally:
+        unfinished = running_event.get()
+        running_event.reset(token)
+        in_place_depth.reset(nested)
+    if unfinished is not None:
+        mark_done(unfinished)
+    return True
