@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -205,6 +206,20 @@ def finish(session: Session) -> None:
         return
     _mark(session, event_id)
     running_event.set(None)
+
+
+@contextmanager
+def running(event_id: int | None) -> Iterator[None]:
+    """Run an event's task: ``finish`` marks the event done in the task's transaction; a body
+    that returns without calling it has it marked here, in a transaction of its own."""
+    token = running_event.set(event_id)
+    try:
+        yield
+        unfinished = running_event.get()
+    finally:
+        running_event.reset(token)
+    if unfinished is not None:
+        mark_done(unfinished)
 
 
 def mark_done(event_id: int) -> None:

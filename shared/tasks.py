@@ -19,8 +19,8 @@ from celery import Task
 
 from shared.celery import app, time_limit
 from shared.config import get_settings
-from shared.failures import MAX_FAILURES, Verdict, count_run, decide, record_failure, too_many_runs
-from shared.outbox import Outgoing, event_id_of, in_place_depth, mark_done, run_in_place, running_event
+from shared.failures import MAX_FAILURES, Decision, Verdict, count_run, decide, record_failure, too_many_runs
+from shared.outbox import Outgoing, event_id_of, in_place_depth, mark_done, run_in_place, running
 from shared.tasknames import DECLARED, TaskRef
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,14 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
         if too_many_runs(tries):
             record_failure(name, kwargs, f"started {tries} times (it kills its worker?); given up")
         else:
-            token = running_event.set(event_id)
             runner = run_in_place.set(_run_in_place if get_settings().outbox_run_here else None)
             try:
-                with time_limit(name):
+                with running(event_id), time_limit(name):
                     func(**kwargs)
+                return
             except Exception as error:
-                decision = decide(error, tries=tries, max_failures=max_failures)
-                if decision.verdict is Verdict.SKIP:
-                    log.info("task %s skipped: %s", name, decision.detail)
-                elif decision.verdict in (Verdict.PERMANENT, Verdict.GIVE_UP):
-                    record_failure(name, kwargs, decision.detail)
-                else:
+                decision = _settle(name, kwargs, error, tries=tries, max_failures=max_failures)
+                if decision is not None:
                     log.warning(
                         "task %s %s: %s failure, run %d: %s",
                         name,
@@ -83,11 +79,8 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
                     )
                     raise self.retry(countdown=decision.delay, exc=error) from error
             finally:
-                # A task whose body did not call shared.outbox.finish is marked done below.
-                event_id = running_event.get()
-                running_event.reset(token)
                 run_in_place.reset(runner)
-        if event_id is not None:
+        if event_id is not None:  # skipped, failed for good or given up: done
             mark_done(event_id)
 
     return run
@@ -105,25 +98,31 @@ def _run_in_place(event: Outgoing) -> bool:
     body = _bodies.get(name or "")
     if body is None or depth >= MAX_IN_PLACE_DEPTH:
         return False
+    event_id = None if event.batch else event.id
     nested = in_place_depth.set(depth + 1)
-    token = running_event.set(None if event.batch else event.id)
     try:
-        body(**({} if event.batch else event.kwargs))
+        with running(event_id):
+            body(**({} if event_id is None else event.kwargs))
     except Exception as error:
-        decision = decide(error, tries=1)
-        if decision.verdict is Verdict.SKIP:
-            log.info("task %s skipped: %s", name, decision.detail)
-        elif decision.verdict is Verdict.PERMANENT:
-            record_failure(event.task, event.kwargs, decision.detail)
-        else:
-            log.warning(
-                "task %s %s failed in place, sent to a worker: %s", name, event.kwargs, decision.detail
-            )
+        if _settle(name or event.task, event.kwargs, error, tries=1) is not None:
+            log.warning("task %s %s failed in place, sent to a worker: %r", name, event.kwargs, error)
             return False
+        if event_id is not None:  # skipped or failed for good: done
+            mark_done(event_id)
     finally:
-        unfinished = running_event.get()
-        running_event.reset(token)
         in_place_depth.reset(nested)
-    if unfinished is not None:
-        mark_done(unfinished)
     return True
+
+
+def _settle(
+    name: str, kwargs: dict[str, Any], error: Exception, *, tries: int, max_failures: int = MAX_FAILURES
+) -> Decision | None:
+    """Log or record a failed run as ``failures.decide`` says; the decision if it is to be tried again."""
+    decision = decide(error, tries=tries, max_failures=max_failures)
+    if decision.verdict is Verdict.SKIP:
+        log.info("task %s skipped: %s", name, decision.detail)
+    elif decision.verdict in (Verdict.PERMANENT, Verdict.GIVE_UP):
+        record_failure(name, kwargs, decision.detail)
+    else:
+        return decision
+    return None
