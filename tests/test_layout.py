@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from services.cli import build_parser
+from shared.tasknames import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("ingest", "publish", "syndicate")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -66,7 +66,7 @@ def test_compose_parses_and_names_real_commands() -> None:
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     workers = {name: s for name, s in services.items() if name.startswith("worker-")}
     queues = {s["command"][s["command"].index("-Q") + 1] for s in workers.values()}
-    assert queues == set(SERVICES)
+    assert queues == set(QUEUES)
     parser = build_parser()
     for name, service in services.items():
         command = service.get("command")
