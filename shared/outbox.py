@@ -222,18 +222,21 @@ def running(event_id: int | None) -> Iterator[None]:
         mark_done(unfinished)
 
 
-def mark_done(event_id: int) -> None:
-    """Record, in a transaction of its own, that a worker finished an outbox event's task."""
+def mark_done(event_id: int) -> bool:
+    """Record, in a transaction of its own, that a worker finished an outbox event's task;
+    False if it was done already (another run of it finished first)."""
     with session_scope() as session:
-        _mark(session, event_id)
+        return _mark(session, event_id)
 
 
-def _mark(session: Session, event_id: int) -> None:
-    session.execute(
+def _mark(session: Session, event_id: int) -> bool:
+    marked = session.execute(
         update(OutboxEvent)
         .where(OutboxEvent.id == event_id, OutboxEvent.done_at.is_(None))
         .values(done_at=utcnow())
+        .returning(OutboxEvent.id)
     )
+    return marked.first() is not None
 
 
 def event_id_of(task_id: str | None) -> int | None:

@@ -58,7 +58,7 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
         # One count of tries per piece of work: its outbox event, else its message (kept on a retry).
         tries = count_run(str(event_id) if event_id is not None else f"message:{self.request.id}")
         if too_many_runs(tries):
-            record_failure(name, kwargs, f"started {tries} times (it kills its worker?); given up")
+            _failed(name, kwargs, f"started {tries} times (it kills its worker?); given up", event_id)
         else:
             runner = run_in_place.set(_run_in_place if get_settings().outbox_run_here else None)
             try:
@@ -66,7 +66,7 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
                     func(**kwargs)
                 return
             except Exception as error:
-                decision = _settle(name, kwargs, error, tries=tries, max_failures=max_failures)
+                decision = _settle(name, kwargs, error, event_id, tries=tries, max_failures=max_failures)
                 if decision is not None:
                     log.warning(
                         "task %s %s: %s failure, run %d: %s",
@@ -104,7 +104,7 @@ def _run_in_place(event: Outgoing) -> bool:
         with running(event_id):
             body(**({} if event_id is None else event.kwargs))
     except Exception as error:
-        if _settle(name or event.task, event.kwargs, error, tries=1) is not None:
+        if _settle(name or event.task, event.kwargs, error, event_id, tries=1) is not None:
             log.warning("task %s %s failed in place, sent to a worker: %r", name, event.kwargs, error)
             return False
         if event_id is not None:  # skipped or failed for good: done
@@ -115,14 +115,29 @@ def _run_in_place(event: Outgoing) -> bool:
 
 
 def _settle(
-    name: str, kwargs: dict[str, Any], error: Exception, *, tries: int, max_failures: int = MAX_FAILURES
+    name: str,
+    kwargs: dict[str, Any],
+    error: Exception,
+    event_id: int | None,
+    *,
+    tries: int,
+    max_failures: int = MAX_FAILURES,
 ) -> Decision | None:
     """Log or record a failed run as ``failures.decide`` says; the decision if it is to be tried again."""
     decision = decide(error, tries=tries, max_failures=max_failures)
     if decision.verdict is Verdict.SKIP:
         log.info("task %s skipped: %s", name, decision.detail)
     elif decision.verdict in (Verdict.PERMANENT, Verdict.GIVE_UP):
-        record_failure(name, kwargs, decision.detail)
+        _failed(name, kwargs, decision.detail, event_id)
     else:
         return decision
     return None
+
+
+def _failed(name: str, kwargs: dict[str, Any], detail: str, event_id: int | None) -> None:
+    """Record a failure for good, once: an event another run of it finished is not recorded again
+    (the sweep may have sent it a second time while the first was still being retried)."""
+    if event_id is not None and not mark_done(event_id):
+        log.info("task %s %s: done by another run; not recorded again: %s", name, kwargs, detail)
+        return
+    record_failure(name, kwargs, detail)

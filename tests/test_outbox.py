@@ -20,7 +20,7 @@ from shared.batches import claim, release, run_batch
 from shared.db import session_scope
 from shared.errors import NotFound, SkipEvent, TransientError
 from shared.failures import MAX_FAILURES, MAX_RUNS, RETRY_DELAYS, Verdict, count_run, decide, too_many_runs
-from shared.models import OutboxEvent, Source, utcnow
+from shared.models import Failure, OutboxEvent, Source, utcnow
 from shared.outbox import emit, emitted, finish, running_event
 from shared.tasknames import (
     BATCHES,
@@ -31,7 +31,7 @@ from shared.tasknames import (
     STORY_CHANGED,
     TaskRef,
 )
-from shared.tasks import batch_task, newsroom_task
+from shared.tasks import _failed, batch_task, newsroom_task
 from tests.helpers.support import newsroom_environment
 
 
@@ -306,3 +306,16 @@ def test_with_batches_off_every_event_goes_on_its_own(newsroom: dict[str, str]) 
     with newsroom_environment({**newsroom, "NEWSROOM_OUTBOX_BATCH": "off"}), pytest.raises(RuntimeError):
         emit_and_roll_back()
     assert gathered == [False]
+
+
+def test_a_failure_for_good_is_recorded_once_per_event(newsroom: dict[str, str]) -> None:
+    """Two runs of one event (the sweep sent it again while the first was retried) record it once."""
+    (event_id,) = _gathered(_task(), 0)
+    key = f"n={event_id}"
+    _failed("test.poison", {"n": event_id}, "gave up after 5 runs", event_id)
+    _failed("test.poison", {"n": event_id}, "gave up after 6 runs", event_id)
+    with session_scope(read_only=True) as session:
+        assert session.scalars(select(Failure.error).where(Failure.key == key)).all() == [
+            "gave up after 5 runs"
+        ]
+    assert _outbox([event_id])[0].done_at is not None
