@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import httpx
 import redis as redis_lib
 
 from shared.redis import redis_server_binary
-from tests.helpers.support import LOOPBACK_ALLOW, ROOT, wait_for
+from tests.helpers.support import LOOPBACK_ALLOW, start_newsroom, stop_newsroom, wait_for
 
 
 def free_port() -> int:
@@ -107,26 +105,10 @@ class Cluster:
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
 
     def start(self, name: str, *args: str) -> None:
-        with open(self.directory / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *args],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
+        self.processes[name] = start_newsroom(self.directory / f"{name}.log", self.env, *args)
 
     def stop(self, name: str, *, kill: bool = False) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_newsroom(self.processes.pop(name, None), kill=kill)
 
     def start_api(self) -> None:
         self.start("api", "api", "--port", str(self.api_port))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.support import ROOT, wait_for
+from tests.helpers.support import start_newsroom, stop_newsroom, wait_for
 
 
 class Pipeline:
@@ -32,29 +29,11 @@ class Pipeline:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start `newsroom <args>` as a child process (its own process group), logging to a file."""
-        with open(self.data_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *args],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
-        self.processes[name] = process
+        process = self.processes[name] = start_newsroom(self.data_dir / f"{name}.log", self.env, *args)
         return process
 
     def stop(self, name: str, *, kill: bool = False) -> None:
-
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_newsroom(self.processes.pop(name, None), kill=kill)
 
     def log(self, name: str) -> str:
         return (self.data_dir / f"{name}.log").read_text(errors="replace")

@@ -6,6 +6,9 @@ import json
 import os
 import re
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -264,3 +267,28 @@ def jsonfeed_errors(document: dict[str, Any]) -> list[str]:
     if any(not isinstance(item_id, str) for item_id in ids) or len(set(ids)) != len(ids):
         errors.append(f"item ids must be unique strings: {ids}")
     return errors
+
+
+def start_newsroom(log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """Start `newsroom <args>` as a child process in a process group of its own, logging to ``log``."""
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+
+
+def stop_newsroom(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:
+    """Stop a process started by ``start_newsroom`` and its group: TERM (or KILL), KILL after 30 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
