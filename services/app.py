@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from services.desk.routes import router as desk_router
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
 from services.publish.pages import router as pages_router
@@ -44,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(publish_router)
     app.include_router(syndicate_router)
     app.include_router(pages_router)
+    app.include_router(desk_router)
     # Stored feeds held in memory are answered before routing (the hottest path).
     app.add_middleware(FeedFastPath)
     registry = CollectorRegistry(auto_describe=False)
