@@ -172,12 +172,15 @@ def signout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
 # --- incoming --------------------------------------------------------------------------------
 
 
-def _filters(source: str | None, section: str | None, status: str | None, q: str | None) -> views.Filters:
+def _filters(
+    source: str | None, section: str | None, status: str | None, q: str | None, story: int | None = None
+) -> views.Filters:
     return views.Filters(
         source=(source or "")[:100],
         section=(section or "")[:100],
         status=status if status in views.DESK_STATUSES else "",
         q=(q or "")[:200],
+        story=story,
     )
 
 
@@ -223,6 +226,7 @@ async def stream(
     section: str | None = None,
     status: str | None = None,
     q: str | None = None,
+    story: int | None = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Server-sent events: a row for each story changed after the last revision the browser saw."""
@@ -231,7 +235,7 @@ async def stream(
         return Response("sign in first", status_code=401, media_type="text/plain")
     if last_event_id and last_event_id.isdigit():
         after = int(last_event_id)  # a reconnect: catch up from what the browser last got
-    events = incoming_events(desk, after, _filters(source, section, status, q), _render_row)
+    events = incoming_events(desk, after, _filters(source, section, status, q, story), _render_row)
     return StreamingResponse(
         events,
         media_type="text/event-stream",
@@ -325,6 +329,7 @@ def _story_context(
             for d, name in views.deliveries(session, story_id=story.id)
         ],
         "conflict": conflict,
+        "stream": f"/desk/stream?story={story.id}&after={max((r.id for r in history), default=0)}",
     }
 
 

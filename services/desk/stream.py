@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 LOOK_EVERY = 5.0
 KEEPALIVE_EVERY = 15.0
-RETRY_MS = 2000
+RETRY_MS = 1000
+# A stream ends after this long and the browser reconnects at once, catching up from its
+# Last-Event-ID: a server that is stopping waits for open responses, and would wait for
+# an open stream for as long as the page stays open.
+LIFETIME = 25.0
 
 
 def _changes(after: int, filters: views.Filters) -> views.Changes:
@@ -52,7 +56,7 @@ async def incoming_events(
     try:
         await pubsub.subscribe(CHANNEL)
         yield f"retry: {RETRY_MS}\n\n"
-        quiet_since = time.monotonic()
+        started = quiet_since = time.monotonic()
         while True:
             changes = await run_in_threadpool(_changes, last, filters)
             for revision_id, story_id, shown in changes.rows:
@@ -60,7 +64,10 @@ async def incoming_events(
                 yield _event(revision_id, "story", {"id": story_id, "html": html})
                 quiet_since = time.monotonic()
             last = changes.last
-            woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LOOK_EVERY)
+            left = LIFETIME - (time.monotonic() - started)
+            if left <= 0:
+                return
+            woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(LOOK_EVERY, left))
             while woken is not None:  # a burst wakes once
                 woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01)
             if not await run_in_threadpool(still_valid, desk):

@@ -120,10 +120,11 @@ class Filters:
     section: str = ""
     status: str = ""
     q: str = ""
+    story: int | None = None
 
     @property
     def query(self) -> dict[str, str]:
-        return {k: v for k, v in vars(self).items() if v}
+        return {k: str(v) for k, v in vars(self).items() if v}
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class Row:
 
 
 def _filtered(query: Select[Story, str], filters: Filters, now: datetime) -> Select[Story, str]:
+    if filters.story is not None:
+        query = query.where(Story.id == filters.story)
     if filters.source:
         query = query.where(Source.name == filters.source)
     if filters.section:

@@ -274,6 +274,11 @@ def test_two_editors_editing_the_same_story_the_second_sees_the_conflict(
     first.get_by_role("button", name="Save").click()
     assert "Saved" in first.get_by_role("status").first.inner_text()
 
+    # The second editor's page says so as soon as it happens...
+    second.wait_for_function(
+        "document.getElementById('changed').textContent.includes('changed since you opened')"
+    )
+    # ...and one who saves anyway gets the conflict, not an overwrite.
     second.get_by_label("Headline").fill("Bridge repairs delayed")
     with second.expect_response(lambda r: r.url.endswith("/edit")) as answer:
         second.get_by_role("button", name="Save").click()
