@@ -64,6 +64,8 @@ async def incoming_events(
                 yield _event(revision_id, "story", {"id": story_id, "html": html})
                 quiet_since = time.monotonic()
             last = changes.last
+            if changes.more:
+                continue
             left = LIFETIME - (time.monotonic() - started)
             if left <= 0:
                 return

@@ -28,6 +28,8 @@ from shared.text import slugify
 from shared.timefmt import label_display, local, sorted_labels
 
 INCOMING_SIZE = 100
+# Revisions read per look of a live stream.
+BATCH = 500
 RAW_LIMIT = 20_000
 # How the desk names a story's state; "embargoed" is a draft or schedule held by a wire embargo.
 DESK_STATUSES = ("draft", "scheduled", "embargoed", "published", "killed")
@@ -200,14 +202,15 @@ class Changes:
 
     rows: list[tuple[int, int, Row | None]] = field(default_factory=list)
     last: int = 0
+    more: bool = False  # a full batch: look again at once
 
 
 def changes_since(session: Session, after: int, filters: Filters, tz: tzinfo, now: datetime) -> Changes:
     """What the incoming list must show for every revision written after ``after``."""
     revisions = session.execute(
-        select(Revision.id, Revision.story_id).where(Revision.id > after).order_by(Revision.id).limit(500)
+        select(Revision.id, Revision.story_id).where(Revision.id > after).order_by(Revision.id).limit(BATCH)
     ).all()
-    changes = Changes(last=after)
+    changes = Changes(last=after, more=len(revisions) == BATCH)
     if not revisions:
         return changes
     latest: dict[int, int] = {}
