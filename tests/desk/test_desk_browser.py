@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import feedparser
 import httpx
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from services.desk.stream import LOOK_EVERY
@@ -82,9 +83,15 @@ def sign_in(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/desk")
     assert "/desk/signin" in page.url
     page.get_by_label("Token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
+    submit(page.get_by_role("button", name="Sign in"))
     page.wait_for_url(f"{base}/desk**")
     assert "/desk/signin" not in page.url
+
+
+def submit(control: Any) -> None:
+    """Click a button or link and wait for the page it leads to (POST, then redirect, then GET)."""
+    with control.page.expect_navigation():
+        control.click()
 
 
 def shoot(page: Any, shots: Path, name: str) -> Path:
@@ -164,19 +171,19 @@ def test_signed_out_sees_nothing_and_a_wire_token_cannot_sign_in(
     # A wire token is a valid token, but not for the desk.
     _, wire = pipeline.source()
     page.get_by_label("Token").fill(bearer(wire))
-    page.get_by_role("button", name="Sign in").click()
+    submit(page.get_by_role("button", name="Sign in"))
     assert "cannot sign in" in page.get_by_role("alert").inner_text()
     assert not [c for c in page.context.cookies() if c["name"] == "newsroom_desk"]
 
     page.get_by_label("Token").fill(editor_token)
-    page.get_by_role("button", name="Sign in").click()
+    submit(page.get_by_role("button", name="Sign in"))
     page.wait_for_url(f"{base}/desk/stories/{story_id}")
     assert page.get_by_role("heading", level=1).inner_text() == headline
     cookie = next(c for c in page.context.cookies() if c["name"] == "newsroom_desk")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/desk"
     assert cookie["expires"] > time.time() + 3600  # a session that expires, not a forever cookie
 
-    page.get_by_role("button", name="Sign out").click()
+    submit(page.get_by_role("button", name="Sign out"))
     page.wait_for_url(f"{base}/desk/signin")
     # The session is gone on the server: the old cookie no longer opens anything.
     stale = http.get(f"/desk/stories/{story_id}", headers={"Cookie": f"newsroom_desk={cookie['value']}"})
@@ -198,7 +205,8 @@ def test_incoming_is_live_and_publish_reaches_feed_and_partner(
     try:
         page = new_page(chromium, axe=False)  # the real CSP: the live list's script must run under it
         sign_in(page, base, editor_token)
-        page.wait_for_function("document.getElementById('live').textContent === 'Live'")
+        # A locator, not wait_for_function: the page's CSP forbids evaluating strings.
+        expect(page.locator("#live")).to_have_text("Live")
         page.evaluate("window.deskMarker = 'same page'")
 
         headline = f"Night train to Odesa restored {secrets.token_hex(2)}"
@@ -218,12 +226,12 @@ def test_incoming_is_live_and_publish_reaches_feed_and_partner(
         page = new_page(chromium)
         sign_in(page, base, editor_token)
         check_axe(page, "incoming")
-        page.get_by_role("link", name=headline).click()
+        submit(page.get_by_role("link", name=headline))
         page.wait_for_url(f"{base}/desk/stories/{story_id}")
         preview = page.frame_locator("iframe.preview")
         assert preview.locator("h1.headline").inner_text() == headline
         page.get_by_label("Exclusive").first.check()
-        page.get_by_role("button", name="Publish", exact=True).click()
+        submit(page.get_by_role("button", name="Publish", exact=True))
         assert "Published." in page.get_by_role("status").first.inner_text()
 
         def in_feed() -> bool:
@@ -271,7 +279,7 @@ def test_two_editors_editing_the_same_story_the_second_sees_the_conflict(
         page.goto(f"{base}/desk/stories/{story_id}")
 
     first.get_by_label("Headline").fill("Bridge repairs begin on Monday")
-    first.get_by_role("button", name="Save").click()
+    submit(first.get_by_role("button", name="Save"))
     assert "Saved" in first.get_by_role("status").first.inner_text()
 
     # The second editor's page says so as soon as it happens...
@@ -325,7 +333,7 @@ def test_schedule_across_the_dst_change_then_unpublish(
     moments = {}
     for label, wall in (("before", change - timedelta(hours=12)), ("after", change + timedelta(hours=12))):
         page.get_by_label("Publish at").fill(wall.strftime("%Y-%m-%dT%H:%M"))
-        page.get_by_role("button", name="Schedule").click()
+        submit(page.get_by_role("button", name="Schedule"))
         assert "Scheduled for" in page.get_by_role("status").first.inner_text()
         story = story_api(pipeline, story_id)
         assert story["status"] == "scheduled"
@@ -341,19 +349,19 @@ def test_schedule_across_the_dst_change_then_unpublish(
     walls = [change + timedelta(hours=hour, minutes=30) for hour in range(24)]
     gap = next(wall for wall in walls if wall.astimezone(UTC).astimezone(TZ).hour != wall.hour)
     page.get_by_label("Publish at").fill(gap.strftime("%Y-%m-%dT%H:%M"))
-    page.get_by_role("button", name="Schedule").click()
+    submit(page.get_by_role("button", name="Schedule"))
     assert "does not exist" in page.get_by_role("alert").inner_text()
     assert story_api(pipeline, story_id)["publish_at"] == moments["after"].isoformat().replace("+00:00", "Z")
 
     page.get_by_label("Reason").fill("Holding it for the morning")
-    page.get_by_role("button", name="Unpublish").click()
+    submit(page.get_by_role("button", name="Unpublish"))
     assert "Schedule cancelled" in page.get_by_role("status").first.inner_text()
     assert story_api(pipeline, story_id)["status"] == "ingested"
 
-    page.get_by_role("button", name="Publish", exact=True).click()
+    submit(page.get_by_role("button", name="Publish", exact=True))
     wait_for(lambda: headline in http.get("/feeds/all.atom").text, timeout=20, what="published in the feed")
     page.get_by_label("Reason").fill("Legal asked us to take it down")
-    page.get_by_role("button", name="Unpublish").click()
+    submit(page.get_by_role("button", name="Unpublish"))
     assert "Unpublished" in page.get_by_role("status").first.inner_text()
     assert "killed" in page.locator(".story-head .meta").inner_text()
     wait_for(lambda: headline not in http.get("/feeds/all.atom").text, timeout=20, what="gone from the feed")
@@ -378,8 +386,8 @@ def test_admin_replays_a_dead_delivery(
         sign_in(page, base, admin_token)
         page.goto(f"{base}/desk/stories/{story_id}")
         page.get_by_label("Section").fill(section)
-        page.get_by_role("button", name="Save").click()
-        page.get_by_role("button", name="Publish", exact=True).click()
+        submit(page.get_by_role("button", name="Save"))
+        submit(page.get_by_role("button", name="Publish", exact=True))
 
         def dead() -> str | None:
             with session_scope(read_only=True) as session:
@@ -394,7 +402,7 @@ def test_admin_replays_a_dead_delivery(
         check_axe(page, "admin")
 
         partner.default = Reply(status=204)
-        row.get_by_role("button", name="Replay").click()
+        submit(row.get_by_role("button", name="Replay"))
         assert "sent again" in page.get_by_role("status").first.inner_text()
         wait_for(lambda: len(partner.pushes) >= 2, timeout=20, what="the replayed push")
         assert (
