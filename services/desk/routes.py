@@ -42,7 +42,7 @@ router = APIRouter(prefix="/desk", include_in_schema=False)
 
 HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src * data:; "
         "connect-src 'self'; form-action 'self'; frame-src 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "Cache-Control": "no-store",

@@ -157,3 +157,31 @@ def test_an_admin_creates_a_token_shown_once_that_signs_in(
     assert token.group(1) not in admin.get("/desk/admin").text  # once
     signed_in(desk_server, token.group(1)).close()
     admin.close()
+
+
+def test_a_new_wire_version_of_a_published_story_is_flagged_until_published(
+    pipeline: Pipeline, http: httpx.Client, editor: httpx.Client
+) -> None:
+    source = pipeline.source()
+    uri = f"urn:desk:{secrets.token_hex(4)}"
+    story_id = post_item(pipeline, http, "Port strike ends", source, uri=uri)
+    page = editor.get(f"/desk/stories/{story_id}").text
+    published = editor.post(
+        f"/desk/stories/{story_id}/publish", data={"csrf": csrf_of(page), "breaking": "on"}
+    )
+    assert published.status_code == 303
+
+    def row() -> str:
+        found = re.search(rf'<tr id="story-{story_id}".*?</tr>', editor.get("/desk").text, re.DOTALL)
+        assert found
+        return found.group(0)
+
+    assert "published" in row() and "Breaking" in row() and "new version" not in row()
+    post_item(pipeline, http, "Port strike ends after talks", source, uri=uri, version="2")
+    assert "new version since last publish" in row()
+    story = editor.get(f"/desk/stories/{story_id}").text
+    # The versions compare word by word, and the preview already shows the new text.
+    assert "after talks</ins>" in story
+    assert "Port strike ends after talks" in story
+    editor.post(f"/desk/stories/{story_id}/publish", data={"csrf": csrf_of(story), "breaking": "on"})
+    assert "new version" not in row() and "Updated" in row()
