@@ -175,8 +175,14 @@ def test_signed_out_sees_nothing_and_a_wire_token_cannot_sign_in(
     assert "cannot sign in" in page.get_by_role("alert").inner_text()
     assert not [c for c in page.context.cookies() if c["name"] == "newsroom_desk"]
 
-    page.get_by_label("Token").fill(editor_token)
-    submit(page.get_by_role("button", name="Sign in"))
+    # By keyboard alone: the field has the focus, Tab reaches the button, and the focus shows.
+    assert page.evaluate("document.activeElement.id") == "token"
+    page.keyboard.type(editor_token)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Sign in"
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     page.wait_for_url(f"{base}/desk/stories/{story_id}")
     assert page.get_by_role("heading", level=1).inner_text() == headline
     cookie = next(c for c in page.context.cookies() if c["name"] == "newsroom_desk")
