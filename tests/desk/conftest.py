@@ -87,9 +87,13 @@ def http(desk_server: DeskServer) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Chromium for the whole run."""
+    """A headless Chromium for one module.
+
+    Playwright's sync API keeps an event loop running in the main thread while it is
+    started; tests of other modules that call asyncio.run() must not run meanwhile.
+    """
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
         if os.environ.get("NEWSROOM_REQUIRE_BROWSER") == "1":
