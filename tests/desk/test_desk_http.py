@@ -13,8 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from services.desk.sessions import SESSION_TTL, _key
 from shared.db import session_scope
 from shared.models import Revision
+from shared.redis import get_redis
 from tests.conftest import Pipeline
 from tests.desk.conftest import DeskServer
 
@@ -138,6 +140,11 @@ def test_desk_pages_are_private_and_script_only_from_the_site(
     signin = httpx.get(f"{desk_server.base}/desk/signin")
     cookie = signin.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/desk" in cookie
+    # The session itself lives in Redis and expires there.
+    session_id = editor.cookies.get("newsroom_desk")
+    assert session_id
+    ttl = get_redis().ttl(_key(session_id))
+    assert 0 < ttl <= SESSION_TTL
 
 
 def test_an_admin_creates_a_token_shown_once_that_signs_in(
