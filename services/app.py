@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from services.desk.routes import router as desk_router
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
 from services.publish.pages import router as pages_router
@@ -55,6 +56,7 @@ def create_app() -> FastAPI:
     app.include_router(publish_router)
     app.include_router(syndicate_router)
     app.include_router(pages_router)
+    app.include_router(desk_router)
     # Stored feeds held in memory are answered before routing (the hottest path).
     app.add_middleware(FeedFastPath)
     registry = CollectorRegistry(auto_describe=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared.changes import announce_change
 from shared.models import Revision, Story, StoryLabel, StoryTag
 from shared.text import slugify
 
@@ -45,6 +46,7 @@ def add_revision(
                         note=note, snapshot=snapshot(story))  # fmt: skip
     session.add(revision)
     session.flush()
+    announce_change(session)
     return revision
 
 
