@@ -141,10 +141,32 @@ def test_desk_pages_are_private_and_script_only_from_the_site(
     cookie = signin.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/desk" in cookie
     # The session itself lives in Redis and expires there.
-    session_id = editor.cookies.get("newsroom_desk")
-    assert session_id
+    cookie = editor.cookies.get("newsroom_desk")
+    assert cookie
+    session_id, _, signature = cookie.rpartition(".")
+    assert session_id and signature
     ttl = get_redis().ttl(_key(session_id))
     assert 0 < ttl <= SESSION_TTL
+
+
+def test_a_forged_cookie_or_a_revoked_token_ends_the_session(
+    pipeline: Pipeline, desk_server: DeskServer
+) -> None:
+    from shared.auth import revoke_tokens
+
+    name = f"editor-{secrets.token_hex(3)}"
+    editor = signed_in(desk_server, pipeline.token("editor", name)["Authorization"].removeprefix("Bearer "))
+    assert editor.get("/desk").status_code == 200
+    cookie = editor.cookies["newsroom_desk"]
+    session_id = cookie.rpartition(".")[0]
+    for value in (f"{session_id}.{'0' * 32}", session_id):  # a forged signature, and none
+        with httpx.Client(base_url=desk_server.base, cookies={"newsroom_desk": value}) as forged:
+            assert forged.get("/desk", follow_redirects=False).status_code in (302, 303, 307)
+    with session_scope() as session:
+        assert revoke_tokens(session, name=name) == 1
+    assert editor.get("/desk", follow_redirects=False).status_code in (302, 303, 307)
+    editor.close()
+    assert not get_redis().exists(_key(session_id))
 
 
 def test_an_admin_creates_a_token_shown_once_that_signs_in(
