@@ -88,10 +88,11 @@ def _parse_html(html_text: str) -> Any:
     if root is None:
         return None
     depth = 0
-    for event, _element in etree.iterwalk(root, events=("start", "end")):
-        depth += 1 if event == "start" else -1
-        if depth > MAX_HTML_DEPTH:
-            raise MarkupTooDeep
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if element.tag not in _DOCUMENT_TAGS:  # the parser's own wrappers do not count
+            depth += 1 if event == "start" else -1
+            if depth > MAX_HTML_DEPTH:
+                raise MarkupTooDeep
     return root
 
 
