@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
@@ -35,11 +36,27 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     return JSONResponse({"error": "unprocessable", "detail": reasons}, status_code=422)
 
 
+_ERROR_CODES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "too_large",
+                415: "unsupported_media_type"}  # fmt: skip
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no route, a body it cannot decode) in the project's error shape."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code < 400:
+        return Response(status_code=error.status_code, headers=error.headers)
+    code = _ERROR_CODES.get(error.status_code, "error")
+    return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code,
+                        headers=error.headers)  # fmt: skip
+
+
 def create_app() -> FastAPI:
     """Build the application (no connections are opened until the first request)."""
     app = FastAPI(title="Newsroom", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.add_exception_handler(NewsroomError, handle_newsroom_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(ingest_router)
     app.include_router(publish_router)
     app.include_router(syndicate_router)
