@@ -30,7 +30,7 @@ pytestmark = pytest.mark.pipeline
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Bounded, and the same cases every run: a failure here is a bug to fix, never a flake.
-EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
+EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 8}
 ROLES = ("wire", "editor", "admin")
 
 

@@ -137,11 +137,13 @@ def _description(entry: dict[str, Any]) -> str | None:
 
 
 def _body_html(entry: dict[str, Any]) -> str:
-    # Markup beats plain text (2.x items often carry both), then role "main".
-    parts = sorted(_texts(entry, "bodies", "body"), key=lambda p: (not _is_markup(p), _main_first(p)))
-    for part in parts:
+    # Markup beats plain text (2.x items often carry both), then role "main". Whether a
+    # part is markup may take parsing it: asked once per part.
+    parts = [(_is_markup(part), part) for part in _texts(entry, "bodies", "body")]
+    parts.sort(key=lambda marked: (not marked[0], _main_first(marked[1])))
+    for markup, part in parts:
         # text_to_html escapes every character of markup: its paragraphs need no sanitising.
-        body = sanitize_html(part["value"]) if _is_markup(part) else text_to_html(part["value"])
+        body = sanitize_html(part["value"]) if markup else text_to_html(part["value"])
         if body:
             return body
     raise ItemRejectedError("item has no body", "body")
