@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.desk.routes import router as desk_router
 from services.ingest.api import router as ingest_router
@@ -45,6 +46,21 @@ async def _database_unavailable(_request: Request, error: Exception) -> JSONResp
                         status_code=503, headers={"Retry-After": "5"})  # fmt: skip
 
 
+_ERROR_CODES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "too_large",
+                415: "unsupported_media_type"}  # fmt: skip
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no route, a body it cannot decode) in the project's error shape."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code < 400:
+        return Response(status_code=error.status_code, headers=error.headers)
+    code = _ERROR_CODES.get(error.status_code, "error")
+    return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code,
+                        headers=error.headers)  # fmt: skip
+
+
 def create_app() -> FastAPI:
     """Build the application (no connections are opened until the first request)."""
     app = FastAPI(title="Newsroom", version="0.1.0", docs_url="/docs", redoc_url=None)
@@ -52,6 +68,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeoutError, _database_unavailable)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(ingest_router)
     app.include_router(publish_router)
     app.include_router(syndicate_router)

@@ -7,11 +7,11 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from starlette.routing import Route
@@ -25,7 +25,7 @@ from shared.db import session_scope
 from shared.errors import NotFound, Unprocessable
 from shared.models import Delivery, Partner
 from shared.redis import redis_url
-from shared.web import AdminDep
+from shared.web import MAX_ID, AdminDep, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,11 @@ router.routes.append(
 )
 
 
-@router.get("/sitemaps/news.xml")
+class XmlResponse(Response):
+    media_type = "application/xml"
+
+
+@router.get("/sitemaps/news.xml", response_class=XmlResponse, responses=error_responses(429))
 def news_sitemap() -> Response:
     """Stories published in the last 48 hours, as a Google News sitemap."""
     with session_scope(read_only=True) as session:
@@ -278,10 +282,11 @@ def list_deliveries(
         return [delivery_view(delivery, name) for delivery, name in session.execute(query)]
 
 
-@router.get("/v1/deliveries")
+@router.get("/v1/deliveries", responses=error_responses(401, 403, 422, 429))
 def get_deliveries(
-    caller: AdminDep, partner: str | None = None, status: str | None = None, story: int | None = None,
+    caller: AdminDep, partner: str | None = None, status: str | None = None,
+    story: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: int = 100,
 ) -> dict[str, Any]:  # fmt: skip
-    """Deliveries, newest first, by partner, status and story (admins)."""
+    """Deliveries, newest first, by partner, status and story. Role: admin."""
     return {"deliveries": list_deliveries(partner=partner, status=status, story_id=story, limit=limit)}
