@@ -27,8 +27,20 @@ class Principal:
         return f"{self.role}:{self.name}"
 
 
-def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+# Where the guard (shared.guards) leaves the caller it authenticated before the body was read.
+PRINCIPAL_STATE = "newsroom_principal"
+
+
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 when missing or wrong."""
+    known = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(known, Principal):
+        return known
+    return resolve_principal(authorization)
+
+
+def resolve_principal(authorization: str | None) -> Principal:
+    """The holder of the bearer token in an ``Authorization`` header value; 401 when missing or wrong."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("a bearer token is required")
     token = authorization[7:].strip()
