@@ -33,8 +33,6 @@ class Settings(BaseSettings):
     outbox_lease: float = 120.0
     # A bearer token that may read /metrics besides admin tokens (for a Prometheus scraper).
     metrics_token: str | None = None
-    # Seconds a /metrics snapshot is reused before one process recomputes it from the database.
-    metrics_refresh: float = Field(default=15.0, ge=0)
     # Rate limits ("N/second|minute|hour"), shared through Redis: per wire token on posts,
     # per client address on pages, feeds and sitemaps.
     rate_wire: str = "12000/minute"

@@ -50,7 +50,6 @@ def wait_for(
 GENEROUS_LIMITS = {
     "NEWSROOM_RATE_PUBLIC": "10000000/minute",
     "NEWSROOM_RATE_WIRE": "10000000/minute",
-    "NEWSROOM_METRICS_REFRESH": "0",
 }
 
 CLAIM_KEY = "newsroom:test-run"
