@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
@@ -65,17 +66,21 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                headers += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
-                if b"content-security-policy" not in present:
-                    html = any(name.lower() == b"content-type" and value.startswith(b"text/html")
-                               for name, value in headers)  # fmt: skip
-                    headers.append((b"content-security-policy", HTML_CSP if html else DEFAULT_CSP))
-                message = {**message, "headers": headers}
+                message["headers"] = _with_security_headers(message.get("headers", ()))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response's headers, and those of ``SECURITY_HEADERS`` and a CSP that it does not set itself."""
+    out = list(headers)
+    present = {name.lower(): value for name, value in out}
+    out += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+    if b"content-security-policy" not in present:
+        html = present.get(b"content-type", b"").startswith(b"text/html")
+        out.append((b"content-security-policy", HTML_CSP if html else DEFAULT_CSP))
+    return out
 
 
 async def _refuse(send: Send, status: int, code: str, detail: str, *, text: bool = False,
@@ -108,6 +113,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _body_headers(scope: Scope) -> tuple[str | None, bool]:
+    """The declared Content-Length, and whether the request may have a body at all."""
+    declared: str | None = None
+    chunked = False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            declared = value.decode("latin-1")
+        elif key == b"transfer-encoding":
+            chunked = True
+    return declared, chunked or declared is not None
+
+
 def client_address(scope: Scope) -> str:
     """The client's address: the peer, or what a trusted proxy says (uvicorn's proxy_headers)."""
     client = scope.get("client")
@@ -129,7 +146,10 @@ class Guard:
         path: str = scope["path"]
         api = path.startswith("/v1/")
         if not api and path not in UNLIMITED:
-            wait = await self.limiter.check("public", client_address(scope), settings.rate_public)
+            who = client_address(scope)
+            wait = self.limiter.check_here("public", who)  # mostly answered from memory, no await
+            if wait is False:
+                wait = await self.limiter.ask_redis("public", who, settings.rate_public)
             if wait is not None:
                 await _refuse(send, 429, "rate_limited", "too many requests from this address; "
                               f"try again in {wait} s", text=True,
@@ -137,7 +157,10 @@ class Guard:
                 return
         wire = api and path.startswith(WIRE_PREFIX) and scope["method"] == "POST"
         limit = settings.max_body_bytes
-        declared = _header(scope, b"content-length")
+        declared, has_body = _body_headers(scope)
+        if not has_body and not api:
+            await self.app(scope, receive, send)  # no body to count (the hot path: pages and feeds)
+            return
         if not wire and declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(send, 413, "too_large", f"the body is over {limit} bytes", text=not api)
             return
@@ -242,17 +265,32 @@ class RateLimits:
             item = self._items[rate] = parse(rate)
         return item
 
+    def check_here(self, kind: str, who: str) -> int | bool | None:
+        """The answer from this process's memory alone, when it has one; else False (ask Redis)."""
+        allowance = self._allowances.get((kind, who))
+        if allowance is None:
+            return False
+        now = time.time()
+        if now >= allowance.until:
+            return False
+        if allowance.refused:
+            return max(1, math.ceil(allowance.until - now))
+        if allowance.left > 0:
+            allowance.left -= 1
+            return None
+        return False
+
     async def check(self, kind: str, who: str, rate: str) -> int | None:
         """None when this hit is allowed; else the seconds to wait (for Retry-After)."""
+        here = self.check_here(kind, who)
+        if here is not False:
+            return here
+        return await self.ask_redis(kind, who, rate)
+
+    async def ask_redis(self, kind: str, who: str, rate: str) -> int | None:
+        """Take a batch of hits from the shared counter (see ``check``); None when Redis is down."""
         key = (kind, who)
         now = time.time()
-        allowance = self._allowances.get(key)
-        if allowance is not None and now < allowance.until:
-            if allowance.refused:
-                return max(1, math.ceil(allowance.until - now))
-            if allowance.left > 0:
-                allowance.left -= 1
-                return None
         if now < self._down_until:
             return None
         try:
@@ -274,6 +312,10 @@ class RateLimits:
             granted, refused = 1, False  # near the limit: one at a time
         else:
             granted, refused = 0, True
+        if granted == 1:
+            with self._lock:
+                self._allowances.pop(key, None)
+            return None  # nothing left to serve from memory: no need to know when the window ends
         reset = limiter.get_window_stats(item, kind, who).reset_time
         window = item.get_expiry()
         until = min(reset, now + window) if reset > now else now + window

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import event, func, insert, update
@@ -400,3 +401,34 @@ def test_the_api_docs_can_be_turned_off(pipeline: Pipeline) -> None:
         assert client.get("/docs").status_code == 404
         assert client.get("/openapi.json").status_code == 404
         assert client.get("/healthz").status_code == 200
+
+
+def test_processes_take_hits_in_batches_and_never_pass_the_limit(redis_url: str) -> None:
+    from shared.guards import RateLimits
+
+    who = unique_address()
+    with newsroom_environment({"NEWSROOM_REDIS_URL": redis_url}):
+        processes = [RateLimits(), RateLimits()]
+
+        async def hits() -> list[int | None]:
+            # 300 requests, taking turns between the two processes; the limit is 200 (batches of 2).
+            return [await processes[n % 2].check("public", who, "200/minute") for n in range(300)]
+
+        answers = asyncio.run(hits())
+        allowed = answers.count(None)
+        assert 196 <= allowed <= 200, allowed  # never more; at most a batch per process less
+        assert answers[-1] is not None and 1 <= answers[-1] <= 60
+        counter = [key for key in redis_lib.Redis.from_url(redis_url).scan_iter(f"newsroom:rate*{who}*")]
+        assert counter, "the count is kept in Redis"
+
+
+def test_rate_limits_let_requests_through_when_redis_is_down() -> None:
+    from shared.guards import RateLimits
+
+    with newsroom_environment({"NEWSROOM_REDIS_URL": "redis://127.0.0.1:1/0"}):
+        limits = RateLimits()
+
+        async def hits() -> list[int | None]:
+            return [await limits.check("public", "192.0.2.1", "1/minute") for _ in range(5)]
+
+        assert asyncio.run(hits()) == [None] * 5
