@@ -51,6 +51,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 DEFAULT_CSP = b"default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 HTML_CSP = (b"default-src 'none'; img-src * data:; style-src 'self'; base-uri 'none'; "
             b"form-action 'self'; frame-ancestors 'none'")  # fmt: skip
+# A header list that ends with one of these very objects came from ``with_security_headers``.
+_DEFAULT_CSP_HEADER = (b"content-security-policy", DEFAULT_CSP)
+_HTML_CSP_HEADER = (b"content-security-policy", HTML_CSP)
 
 
 class SecurityHeaders:
@@ -66,20 +69,26 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = _with_security_headers(message.get("headers", ()))
+                headers = message.get("headers", ())
+                last = headers[-1] if headers else None
+                if last is not _DEFAULT_CSP_HEADER and last is not _HTML_CSP_HEADER:  # not complete yet
+                    message["headers"] = with_security_headers(headers)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
-def _with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The response's headers, and those of ``SECURITY_HEADERS`` and a CSP that it does not set itself."""
+def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response's headers, and those of ``SECURITY_HEADERS`` and a CSP that it does not set itself.
+
+    Prebuilt header lists (the stored feeds') use it once, and are then passed on untouched.
+    """
     out = list(headers)
     present = {name.lower(): value for name, value in out}
     out += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
     if b"content-security-policy" not in present:
         html = present.get(b"content-type", b"").startswith(b"text/html")
-        out.append((b"content-security-policy", HTML_CSP if html else DEFAULT_CSP))
+        out.append(_HTML_CSP_HEADER if html else _DEFAULT_CSP_HEADER)
     return out
 
 

@@ -101,6 +101,8 @@ def send_large(base: str, method: str, path: str, total: int, *, headers: dict[s
                 answer += data
                 continue
             pending = pending or frame
+            if chunked and sent >= total - len(frame) and pending == frame:
+                pending += b"0\r\n\r\n"  # the last frame, then the end of the body
             try:
                 taken = sock.send(pending)
             except OSError:
