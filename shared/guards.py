@@ -252,6 +252,7 @@ class RateLimits:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._refills = [threading.Lock() for _ in range(64)]
         self._allowances: dict[tuple[str, str], _Allowance] = {}
         self._limiter: FixedWindowRateLimiter | None = None
         self._url: str | None = None
@@ -277,9 +278,11 @@ class RateLimits:
     def check_here(self, kind: str, who: str) -> int | bool | None:
         """The answer from this process's memory alone, when it has one; else False (ask Redis)."""
         allowance = self._allowances.get((kind, who))
-        if allowance is None:
-            return False
-        now = time.time()
+        return False if allowance is None else self._spend(allowance, time.time())
+
+    @staticmethod
+    def _spend(allowance: _Allowance, now: float) -> int | bool | None:
+        """None: allowed (one hit spent); seconds to wait: refused; False: nothing to go on."""
         if now >= allowance.until:
             return False
         if allowance.refused:
@@ -293,43 +296,49 @@ class RateLimits:
         """None when this hit is allowed; else the seconds to wait (for Retry-After)."""
         here = self.check_here(kind, who)
         if here is not False:
-            return here
+            return here if isinstance(here, int) else None
         return await self.ask_redis(kind, who, rate)
 
     async def ask_redis(self, kind: str, who: str, rate: str) -> int | None:
         """Take a batch of hits from the shared counter (see ``check``); None when Redis is down."""
-        key = (kind, who)
         now = time.time()
         if now < self._down_until:
             return None
         try:
-            return await run_in_threadpool(self._take, key, rate, now)
+            return await run_in_threadpool(self._take, (kind, who), rate)
         except Exception as error:
             self._down_until = now + 1.0
             log.warning("rate limits: redis unavailable, letting requests through: %s", error)
             return None
 
-    def _take(self, key: tuple[str, str], rate: str, now: float) -> int | None:
-        """Take a batch of hits for ``key`` from Redis (blocking; run in a thread)."""
-        item = self._item(rate)
-        limiter = self._strategy()
-        batch = max(1, item.amount // self.BATCH_FRACTION)
-        kind, who = key
-        if limiter.hit(item, kind, who, cost=batch):
-            granted, refused = batch, False
-        elif batch > 1 and limiter.hit(item, kind, who):
-            granted, refused = 1, False  # near the limit: one at a time
-        else:
-            granted, refused = 0, True
-        if granted == 1:
-            with self._lock:
+    def _take(self, key: tuple[str, str], rate: str) -> int | None:
+        """Take a batch of hits for ``key`` from Redis (blocking; run in a thread).
+
+        One batch at a time per key: requests that found the batch spent together queue here,
+        and all but the first are served from the batch the first one took.
+        """
+        with self._refills[hash(key) % len(self._refills)]:
+            now = time.time()
+            allowance = self._allowances.get(key)
+            here = False if allowance is None else self._spend(allowance, now)
+            if here is not False:
+                return here if isinstance(here, int) else None
+            item = self._item(rate)
+            limiter = self._strategy()
+            batch = max(1, item.amount // self.BATCH_FRACTION)
+            kind, who = key
+            # The counter moves by the whole batch even when it does not fit: a client near its
+            # limit loses the rest of the window's hits (up to a batch), never gets more.
+            refused = not limiter.hit(item, kind, who, cost=batch)
+            if batch == 1 and not refused:
                 self._allowances.pop(key, None)
-            return None  # nothing left to serve from memory: no need to know when the window ends
-        reset = limiter.get_window_stats(item, kind, who).reset_time
-        window = item.get_expiry()
-        until = min(reset, now + window) if reset > now else now + window
-        with self._lock:
-            if len(self._allowances) >= self.MAX_KEYS:
-                self._allowances = {k: v for k, v in self._allowances.items() if v.until > now}
-            self._allowances[key] = _Allowance(left=granted - 1, until=until, refused=refused)
-        return max(1, math.ceil(until - now)) if refused else None
+                return None  # nothing kept in memory: no need to know when the window ends
+            reset = limiter.get_window_stats(item, kind, who).reset_time
+            window = item.get_expiry()
+            until = min(reset, now + window) if reset > now else now + window
+            with self._lock:
+                if len(self._allowances) >= self.MAX_KEYS:
+                    self._allowances = {k: v for k, v in self._allowances.items() if v.until > now}
+                self._allowances[key] = _Allowance(left=0 if refused else batch - 1, until=until,
+                                                   refused=refused)  # fmt: skip
+            return max(1, math.ceil(until - now)) if refused else None

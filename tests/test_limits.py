@@ -434,3 +434,21 @@ def test_rate_limits_let_requests_through_when_redis_is_down() -> None:
             return [await limits.check("public", "192.0.2.1", "1/minute") for _ in range(5)]
 
         assert asyncio.run(hits()) == [None] * 5
+
+
+def test_requests_that_find_the_batch_spent_together_take_one_new_batch(redis_url: str) -> None:
+    from shared.guards import RateLimits
+
+    who = unique_address()
+    with newsroom_environment({"NEWSROOM_REDIS_URL": redis_url}):
+        limits = RateLimits()
+
+        async def together() -> list[int | None]:
+            return list(
+                await asyncio.gather(*(limits.check("public", who, "100000/minute") for _ in range(50)))
+            )
+
+        assert asyncio.run(together()) == [None] * 50
+    counters = redis_lib.Redis.from_url(redis_url)
+    [key] = list(counters.scan_iter(f"newsroom:rate*{who}*"))
+    assert counters.get(key) == b"1000"  # one batch (a hundredth of the limit), not one per request
