@@ -418,6 +418,8 @@ def run() -> dict[str, Any]:
             "NEWSROOM_REDIS_URL": redis_url,
             "NEWSROOM_SITE_URL": "http://127.0.0.1:8000",
             "NEWSROOM_LOG_LEVEL": "WARNING",
+            # One address polls as fast as it can: a limit it never reaches, still checked.
+            "NEWSROOM_RATE_PUBLIC": "10000000/minute",
         }
         with newsroom_environment(env_vars):
             env = {**os.environ}

@@ -32,15 +32,32 @@ class Principal:
 # Declares the scheme in the OpenAPI document; a missing or malformed header is our own 401.
 _bearer = HTTPBearer(auto_error=False, description="A token from `newsroom source add` (wire) or "
                      "`newsroom token create` (editor, admin).")  # fmt: skip
+# Where the guard (shared.guards) leaves the caller it authenticated before the body was read.
+PRINCIPAL_STATE = "newsroom_principal"
 
 
 def principal(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 when missing or wrong."""
+    known = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(known, Principal):
+        return known
     if credentials is None:
         raise Unauthorized("a bearer token is required")
-    token = credentials.credentials.strip()
+    return _holder(credentials.credentials)
+
+
+def resolve_principal(authorization: str | None) -> Principal:
+    """The holder of the bearer token in an ``Authorization`` header value; 401 when missing or wrong."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized("a bearer token is required")
+    return _holder(authorization[7:])
+
+
+def _holder(token: str) -> Principal:
+    token = token.strip()
     with session_scope(read_only=True) as session:
         row = find_token(session, token)
         if row is None:

@@ -16,7 +16,7 @@ import httpx
 import redis as redis_lib
 
 from shared.redis import redis_server_binary
-from tests.conftest import ROOT, wait_for
+from tests.conftest import GENEROUS_LIMITS, ROOT, wait_for
 from tests.support import LOOPBACK_ALLOW
 
 
@@ -89,6 +89,7 @@ class Cluster:
             "NEWSROOM_PARTNER_TIMEOUT": "2",
             "NEWSROOM_LOG_LEVEL": "INFO",
             "NEWSROOM_OUTBOUND_ALLOW": LOOPBACK_ALLOW,
+            **GENEROUS_LIMITS,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from lxml import etree  # type: ignore[import-untyped]
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import GENEROUS_LIMITS, ROOT, wait_for
 from tests.support import LOOPBACK_ALLOW
 
 pytestmark = pytest.mark.pipeline
@@ -131,7 +131,7 @@ def newsroom(hubs: list[LoopbackHub], tmp_path_factory: pytest.TempPathFactory) 
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
     env.update(NEWSROOM_DATA_DIR=str(data), NEWSROOM_SITE_URL=base, NEWSROOM_LOG_LEVEL="INFO",
                NEWSROOM_OUTBOUND_ALLOW=LOOPBACK_ALLOW,
-               NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs))  # fmt: skip
+               NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs), **GENEROUS_LIMITS)  # fmt: skip
     log_path = data / "up.log"
     with open(log_path, "ab") as log:
         command = [sys.executable, "-m", "services.cli", "up", "--port", str(port), "-c", "2"]
