@@ -15,7 +15,6 @@ from sqlalchemy import text
 
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
-from services.publish.pages import router as pages_router
 from services.syndicate.api import FeedFastPath
 from services.syndicate.api import router as syndicate_router
 from shared.db import get_engine
@@ -43,8 +42,7 @@ def create_app() -> FastAPI:
     app.include_router(ingest_router)
     app.include_router(publish_router)
     app.include_router(syndicate_router)
-    app.include_router(pages_router)
-    # Stored feeds held in memory are answered before routing (the hottest path).
+    # Stored feeds and pages held in memory are answered before routing (the hottest paths).
     app.add_middleware(FeedFastPath)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NewsroomCollector())
