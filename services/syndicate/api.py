@@ -307,14 +307,14 @@ class PageEndpoint:
     async def _load(cache: FeedCache, path: str) -> _Served:
         generation = cache.generation
         if path.startswith(site.STORIES):
-            served = await _story_page(cache, path, generation)
+            found = await _story_page(cache, path, generation)
         else:
             stored = await run_in_threadpool(service.load_page, path)
-            if stored is None:
-                return _not_found_page()
-            served = _stored_page(stored)
-        cache.put(path, served, generation=generation)
-        return served
+            found = None if stored is None else _stored_page(stored)
+        if found is None:  # no page was ever stored at this address: nothing to keep
+            return _not_found_page()
+        cache.put(path, found, generation=generation)
+        return found
 
 
 def _stored_page(stored: site.StoredPage) -> _Served:
@@ -324,13 +324,14 @@ def _stored_page(stored: site.StoredPage) -> _Served:
     return _page(stored.body, stored.etag, stored.last_modified, media_type=media_type)
 
 
-async def _story_page(cache: FeedCache, path: str, generation: int) -> _Served:
-    """A story page: its stored part with the stored "More news" list in its slot."""
+async def _story_page(cache: FeedCache, path: str, generation: int) -> _Served | None:
+    """A story page: its stored part with the stored "More news" list in its slot (a 404 when
+    its story is no longer published; None when it never had a page)."""
     part = cache.part(path)
     if part is None:
         part = await run_in_threadpool(service.load_page, path)
         if part is None:
-            return _not_found_page()
+            return None
         cache.put_part(part, generation=generation)
     if part.body is None or part.etag is None or part.last_modified is None:
         return _not_found_page()

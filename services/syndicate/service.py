@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -231,7 +231,12 @@ def store_documents(
         values = {"body": feed.body, "etag": feed.etag, "last_modified": last_modified,
                   "rendered_at": snapshot}  # fmt: skip
         if row is None:
-            session.execute(insert(FeedDocument).values(key=key.name, format=fmt, **values))
+            # A feed first stored by two renders at once (a round and a reader's request): the
+            # later read wins.
+            statement = _insert(session)(FeedDocument).values(key=key.name, format=fmt, **values)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=["key", "format"], set_=values, where=FeedDocument.rendered_at <= snapshot
+            ))  # fmt: skip
         else:
             where = (FeedDocument.key == key.name, FeedDocument.format == fmt)
             session.execute(update(FeedDocument).where(*where).values(values))
@@ -427,20 +432,22 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
     that in a long burst every feed takes its turn while ``all`` stays fresh; a feed other
     than ``all`` waits until ``FEED_INTERVAL`` has passed since its last render.
     """
+    # Story pages first: the lists rendered next link to them. Their own budget: `all` is
+    # rendered in every round, however many pages wait.
+    pages_rendered, left_in = render_dirty_pages(budget=budget)
     started = time.monotonic()
-    # Story pages first: the lists rendered next link to them.
-    rendered, left_in = render_dirty_pages()
+    rendered = 0
     with session_scope(read_only=True) as session:
-        dirty = list(session.execute(
+        dirty = [(row.key, row.dirty_at, row.rendered_at) for row in session.execute(
             select(Feed.key, Feed.dirty_at, Feed.rendered_at).where(Feed.dirty_at.is_not(None))
             .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key).limit(limit)
-        ).tuples())  # fmt: skip
+        )]  # fmt: skip
     dirty.sort(key=lambda row: row[0] != "all")
     redis = get_redis()
     now = utcnow()
     for name, seen, last in dirty:
         if rendered and time.monotonic() - started > budget:
-            return rendered, 0.0
+            return pages_rendered + rendered, 0.0
         due_in = 0.0 if name == "all" or last is None else FEED_INTERVAL - (now - last).total_seconds()
         if due_in > 0:
             left_in = due_in if left_in is None else min(left_in, due_in)
@@ -459,10 +466,12 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
                 lock.release()
             except Exception:  # it timed out; the dirty flag keeps the work
                 log.warning("feed %s: render lock expired before release", name)
-    return rendered, left_in
+    return pages_rendered + rendered, left_in
 
 
-def render_dirty_pages(*, limit: int = site.STORY_PAGES_PER_ROUND) -> tuple[int, float | None]:
+def render_dirty_pages(
+    *, limit: int = site.STORY_PAGES_PER_ROUND, budget: float = ROUND_BUDGET
+) -> tuple[int, float | None]:
     """Render the flagged story pages (a story no longer published: its page is gone) and the
     sitemap (at most once per ``SITEMAP_INTERVAL``); stored in one transaction.
 
@@ -476,7 +485,7 @@ def render_dirty_pages(*, limit: int = site.STORY_PAGES_PER_ROUND) -> tuple[int,
     if not lock.acquire(blocking=True, blocking_timeout=PAGES_LOCK_WAIT):
         return 0, 0.0
     try:
-        return _render_dirty_pages(limit)
+        return _render_dirty_pages(limit, budget)
     except Exception:  # the flags stay set: the next round tries again
         log.exception("pages: render failed")
         return 0, 0.0
@@ -487,9 +496,10 @@ def render_dirty_pages(*, limit: int = site.STORY_PAGES_PER_ROUND) -> tuple[int,
             log.warning("pages: render lock expired before release")
 
 
-def _render_dirty_pages(limit: int) -> tuple[int, float | None]:
+def _render_dirty_pages(limit: int, budget: float) -> tuple[int, float | None]:
     settings = get_settings()
     snapshot = utcnow()
+    started = time.monotonic()
     rendered: dict[str, site.Rendered] = {}
     answered: list[tuple[str, datetime]] = []
     left_in: float | None = None
@@ -498,6 +508,9 @@ def _render_dirty_pages(limit: int) -> tuple[int, float | None]:
         if len(dirty) > limit:
             dirty, left_in = dirty[:limit], 0.0
         for path, mark, last in dirty:
+            if answered and time.monotonic() - started > budget:
+                left_in = 0.0  # the rest in the next round
+                break
             if path == site.SITEMAP:
                 due_in = 0.0 if last is None else site.SITEMAP_INTERVAL - (snapshot - last).total_seconds()
                 if due_in > 0:
@@ -571,7 +584,7 @@ def load_page(path: str) -> site.StoredPage | None:
     is published and was not yet). None: no such page."""
     with session_scope(read_only=True) as session:
         stored = site.stored_page(session, path)
-    if stored is not None:
+    if stored is not None and not (path == site.SITEMAP and _aged(stored)):
         return stored
     if path in (site.FRONT, site.MORE_NEWS):
         render_feed_now("all", seen=None)
@@ -602,6 +615,11 @@ def load_page(path: str) -> site.StoredPage | None:
         render_feed_now(key.name, seen=None)
     with session_scope(read_only=True) as session:
         return site.stored_page(session, path)
+
+
+def _aged(page: site.StoredPage) -> bool:
+    """Whether a stored sitemap may list stories older than its window by now."""
+    return page.rendered_at is None or utcnow() - page.rendered_at > site.SITEMAP_REFRESH
 
 
 def list_key(path: str) -> FeedKey | None:

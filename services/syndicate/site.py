@@ -34,8 +34,12 @@ MORE_NEWS = "more-news"
 SITEMAP = "/sitemaps/news.xml"
 STORIES = "/stories/"
 SITEMAP_WINDOW = timedelta(hours=48)
-# The sitemap is rendered at most this often (a busy hour changes stories every second).
+# The sitemap is rendered at most this often (a busy hour changes stories every second),
+# and when read at least this often (its stories leave it after 48 hours, change or not).
 SITEMAP_INTERVAL = 1.0
+SITEMAP_REFRESH = timedelta(minutes=10)
+# A render that changes nothing notes the time at most this often.
+STILL_CURRENT = timedelta(minutes=1)
 # Story pages rendered in one round at most; the rest wait for the next.
 STORY_PAGES_PER_ROUND = 200
 # Older pages of a list: how deep a reader may page (50 stories a page).
@@ -63,6 +67,7 @@ class StoredPage:
     etag: str | None
     last_modified: datetime | None
     story_id: int | None
+    rendered_at: datetime | None = None
 
 
 def page_key(before: tuple[datetime, int]) -> str:
@@ -230,8 +235,13 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
         body, story_id = rendered[path]
         row = stored.get(path)
         etag = etag_of(body) if body is not None else None
-        if row is not None and ((row.rendered_at and row.rendered_at > snapshot) or (
-            row.etag == etag and row.rendered_at is not None)):  # fmt: skip
+        if row is not None and row.rendered_at is not None and row.rendered_at > snapshot:
+            continue
+        if row is not None and row.rendered_at is not None and row.etag == etag:
+            # The same bytes: only note now and then that they are still current (the
+            # sitemap, whose stories age out of it, is rendered again on reading otherwise).
+            if snapshot - row.rendered_at > STILL_CURRENT:
+                session.execute(update(Page).where(Page.path == path).values(rendered_at=snapshot))
             continue
         last_modified = now
         if row is not None and row.last_modified is not None and last_modified <= row.last_modified:
@@ -266,7 +276,7 @@ def dirty_pages(session: Session, *, limit: int) -> list[tuple[str, datetime, da
     rows = session.execute(
         select(Page.path, Page.dirty_at, Page.rendered_at).where(Page.dirty_at.is_not(None))
         .order_by(Page.dirty_at).limit(limit)
-    ).tuples()  # fmt: skip
+    )  # fmt: skip
     return [(path, mark, last) for path, mark, last in rows if mark is not None]
 
 
@@ -282,7 +292,7 @@ def stored_page(session: Session, path: str) -> StoredPage | None:
     if page is None or (page.body is None and page.rendered_at is None):
         return None
     body = None if page.body is None else bytes(page.body)
-    return StoredPage(page.path, body, page.etag, page.last_modified, page.story_id)
+    return StoredPage(page.path, body, page.etag, page.last_modified, page.story_id, page.rendered_at)
 
 
 def forget_pages(session: Session, paths: Iterable[str]) -> None:

@@ -298,3 +298,44 @@ def test_news_sitemap_is_rendered_when_stories_change(pipeline: Pipeline) -> Non
     unpublish(fresh.id)
     wait_for(lambda: loc not in locs(), what="the story gone from the stored sitemap")
     wait_for(lambda: loc not in get(pipeline, "/sitemaps/news.xml").text, what="the story off the sitemap")
+
+
+def test_a_sitemap_not_rendered_for_a_while_is_rendered_when_read(pipeline: Pipeline) -> None:
+    # Stories leave it 48 hours after publication, whether anything changed or not.
+    service.load_page(site.SITEMAP)
+    with session_scope() as session:
+        from shared.models import Page
+
+        page = session.get_one(Page, site.SITEMAP)
+        page.body, page.etag = b"<stale/>", '"stale"'
+        page.rendered_at = utcnow() - site.SITEMAP_REFRESH - timedelta(seconds=1)
+    fresh = service.load_page(site.SITEMAP)
+    assert fresh is not None and fresh.body is not None and fresh.body != b"<stale/>"
+    assert etree.fromstring(fresh.body).tag == f"{SITEMAP}urlset"
+    again = stored(site.SITEMAP)
+    assert again is not None and again.body == fresh.body
+
+
+def test_story_pages_waiting_never_hold_back_the_all_feed(pipeline: Pipeline) -> None:
+    # A backlog of story pages (here: pages of stories that do not exist, which render as gone).
+    paths = [f"/stories/{unique('backlog')}" for _ in range(300)]
+    with session_scope() as session:
+        site.flag_pages(session, paths)
+        service.mark_dirty(session, [service.FeedKey("all")])
+    with session_scope(read_only=True) as session:
+        from sqlalchemy import select
+
+        from shared.models import Feed
+
+        before = session.scalar(select(Feed.renders).where(Feed.key == "all")) or 0
+    # A round with no time to spare renders a page or two, then `all` all the same.
+    service.render_dirty(budget=0.0)
+    with session_scope(read_only=True) as session:
+        assert (session.scalar(select(Feed.renders).where(Feed.key == "all")) or 0) > before
+
+    def backlog_left() -> int:
+        with session_scope(read_only=True) as session:
+            return len([p for p, _, _ in site.dirty_pages(session, limit=1000) if p in paths])
+
+    wait_for(lambda: backlog_left() == 0, what="the backlog rendered by the following rounds")
+    assert all(get(pipeline, path).status_code == 404 for path in paths[:3])
