@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import cache as cache_function
@@ -282,7 +282,8 @@ def _not_found(site_url: str, site_title: str) -> _Served:
 
 def _not_found_page() -> _Served:
     settings = get_settings()
-    return _not_found(settings.site_url, settings.site_title)
+    # Kept in memory for a gone story's page like the page was: from now.
+    return replace(_not_found(settings.site_url, settings.site_title), loaded_at=time.monotonic())
 
 
 class PageEndpoint:

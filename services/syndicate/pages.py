@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -139,28 +141,50 @@ class Piece:
     line: str
 
 
+# A story's line in a list is the same on every page until the story changes, and each
+# render of a list differs from the last by a story or two: keep the lines rendered.
+_PIECES: OrderedDict[tuple[Any, ...], Piece] = OrderedDict()
+_PIECES_MAX = 4096
+_PIECES_LOCK = threading.Lock()
+
+
 def pieces(stories: Iterable[Listed], tz: tzinfo) -> list[Piece]:
     """Stories (newest first) rendered one by one, for ``more_news`` to put together."""
-    macros = env.get_template("macros.html").module
     rendered = []
     for story in stories:
         if story.published_at is None:
             continue
-        wall = local(story.published_at, tz)
-        label = primary_label(story.label_names)
-        item = ListItem(
-            time=time_hm(story.published_at, tz),
-            iso=wall.isoformat(),
-            label=label_display(label) if label else None,
-            label_class=_css_token(label) if label else None,
-            headline=story.headline,
-            href=story_path(story.slug),
-        )
-        year_weekday, day_month = day_header(story.published_at, tz)
-        rendered.append(Piece(story.id, wall.date().isoformat(),
-                              str(macros.day_header(year_weekday, day_month)),  # type: ignore[attr-defined]
-                              str(macros.news_item(item))))  # type: ignore[attr-defined]  # fmt: skip
+        key = (story.id, story.slug, story.headline, story.published_at, tuple(story.label_names), str(tz))
+        with _PIECES_LOCK:
+            piece = _PIECES.get(key)
+            if piece is not None:
+                _PIECES.move_to_end(key)
+        if piece is None:
+            piece = _piece(story, story.published_at, tz)
+            with _PIECES_LOCK:
+                _PIECES[key] = piece
+                if len(_PIECES) > _PIECES_MAX:
+                    _PIECES.popitem(last=False)
+        rendered.append(piece)
     return rendered
+
+
+def _piece(story: Listed, published_at: datetime, tz: tzinfo) -> Piece:
+    macros = env.get_template("macros.html").module
+    wall = local(published_at, tz)
+    label = primary_label(story.label_names)
+    item = ListItem(
+        time=time_hm(published_at, tz),
+        iso=wall.isoformat(),
+        label=label_display(label) if label else None,
+        label_class=_css_token(label) if label else None,
+        headline=story.headline,
+        href=story_path(story.slug),
+    )
+    year_weekday, day_month = day_header(published_at, tz)
+    return Piece(story.id, wall.date().isoformat(),
+                 str(macros.day_header(year_weekday, day_month)),  # type: ignore[attr-defined]
+                 str(macros.news_item(item)))  # type: ignore[attr-defined]  # fmt: skip
 
 
 def more_news(

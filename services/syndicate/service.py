@@ -507,6 +507,10 @@ def _render_dirty_pages(limit: int, budget: float) -> tuple[int, float | None]:
         dirty = site.dirty_pages(session, limit=limit + 1)
         if len(dirty) > limit:
             dirty, left_in = dirty[:limit], 0.0
+        # The stories of these pages in one query (their tags and labels in one more each).
+        stories = site.published_stories(
+            session, [path[len(site.STORIES) :] for path, _, _ in dirty if path.startswith(site.STORIES)]
+        )
         for path, mark, last in dirty:
             if answered and time.monotonic() - started > budget:
                 left_in = 0.0  # the rest in the next round
@@ -518,8 +522,8 @@ def _render_dirty_pages(limit: int, budget: float) -> tuple[int, float | None]:
                     continue
                 rendered[path] = (site.render_sitemap(session, settings=settings), None)
             elif path.startswith(site.STORIES):
-                page = site.render_story(session, path[len(site.STORIES) :], settings=settings)
-                rendered[path] = (page[1], page[0]) if page else (None, None)
+                story = stories.get(path[len(site.STORIES) :])
+                rendered[path] = (None, None) if story is None else site.story_page(story, settings=settings)
             answered.append((path, mark))
     if not answered:
         return 0, left_in

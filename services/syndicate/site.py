@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, load_only
 
@@ -34,14 +34,15 @@ MORE_NEWS = "more-news"
 SITEMAP = "/sitemaps/news.xml"
 STORIES = "/stories/"
 SITEMAP_WINDOW = timedelta(hours=48)
-# The sitemap is rendered at most this often (a busy hour changes stories every second),
+# The sitemap (up to 1000 stories: 50 ms) is rendered at most this often (a busy hour
+# changes stories every second),
 # and when read at least this often (its stories leave it after 48 hours, change or not).
-SITEMAP_INTERVAL = 1.0
+SITEMAP_INTERVAL = 5.0
 SITEMAP_REFRESH = timedelta(minutes=10)
 # A render that changes nothing notes the time at most this often.
 STILL_CURRENT = timedelta(minutes=1)
 # Story pages rendered in one round at most; the rest wait for the next.
-STORY_PAGES_PER_ROUND = 200
+STORY_PAGES_PER_ROUND = 50
 # Older pages of a list: how deep a reader may page (50 stories a page).
 MAX_PAGES = 200
 # ?before=<published_at in microseconds since the epoch>.<story id>
@@ -187,11 +188,23 @@ def render_list(
 
 def render_story(session: Session, slug: str, *, settings: Settings) -> tuple[int, bytes] | None:
     """A published story's page, with a slot for the "More news" list; None if not published."""
-    query = select(Story).where(Story.slug == slug, Story.status == "published")
-    story = session.scalars(query).one_or_none()
+    story = published_stories(session, [slug]).get(slug)
     if story is None:
         return None
     return story.id, pages.render_story_page(story, None, settings=settings).encode()
+
+
+def published_stories(session: Session, slugs: Sequence[str]) -> dict[str, Story]:
+    """The published stories of these slugs, by slug (with their tags and labels)."""
+    if not slugs:
+        return {}
+    query = select(Story).where(Story.slug.in_(list(slugs)), Story.status == "published")
+    return {story.slug: story for story in session.scalars(query)}
+
+
+def story_page(story: Story, *, settings: Settings) -> Rendered:
+    """A story's page as stored: its bytes (a slot for "More news") and its id."""
+    return pages.render_story_page(story, None, settings=settings).encode(), story.id
 
 
 def render_sitemap(session: Session, *, settings: Settings, now: datetime | None = None) -> bytes:
@@ -282,8 +295,11 @@ def dirty_pages(session: Session, *, limit: int) -> list[tuple[str, datetime, da
 
 def clear_flags(session: Session, seen: Iterable[tuple[str, datetime]]) -> None:
     """Clear the flags these renders answered, unless a change marked a page again meanwhile."""
-    for path, mark in seen:
-        session.execute(update(Page).where(Page.path == path, Page.dirty_at == mark).values(dirty_at=None))
+    marks = [{"flagged_path": path, "mark": mark} for path, mark in seen]
+    if marks:
+        table = Page.metadata.tables[Page.__tablename__]
+        matches = (table.c.path == bindparam("flagged_path"), table.c.dirty_at == bindparam("mark"))
+        session.connection().execute(update(table).where(*matches).values(dirty_at=None), marks)
 
 
 def stored_page(session: Session, path: str) -> StoredPage | None:
