@@ -18,9 +18,10 @@ from tests.conftest import Pipeline, wait_for
 CHROMIUM = os.environ.get("NEWSROOM_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Chromium, headless; one for the whole run."""
+    """Chromium, headless; one per module. Playwright's sync API runs an event loop in this
+    thread while it is open, so it is closed before other modules' tests run theirs."""
     if not shutil.which(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
@@ -36,7 +37,7 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site_url(pipeline: Pipeline) -> Iterator[str]:
     """The pipeline's API on a loopback port (pages link to each other by path)."""
     port = free_port()
