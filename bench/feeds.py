@@ -273,7 +273,7 @@ class AllFeedWatcher:
             pubsub.subscribe(FEEDS_CHANNEL)
             while not self.stop.is_set():
                 message = pubsub.get_message(timeout=0.2)
-                if not message or message["data"] != b"all":
+                if not message or b"all" not in message["data"].split(b"\n"):
                     continue
                 at = time.perf_counter()
                 with session_scope(read_only=True) as session:

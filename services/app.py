@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.desk.routes import router as desk_router
 from services.ingest.api import router as ingest_router
 from services.publish.api import router as publish_router
-from services.publish.pages import router as pages_router
 from services.syndicate.api import FeedFastPath
 from services.syndicate.api import router as syndicate_router
 from shared.config import get_settings
@@ -112,10 +111,9 @@ def create_app() -> FastAPI:
     app.include_router(ingest_router)
     app.include_router(publish_router)
     app.include_router(syndicate_router)
-    app.include_router(pages_router)
     app.include_router(desk_router)
-    # Stored feeds held in memory are answered before routing (the hottest path), after the
-    # guard's rate limit, size and authentication checks.
+    # Stored feeds and pages held in memory are answered before routing (the hottest paths),
+    # after the guard's rate limit, size and authentication checks.
     app.add_middleware(FeedFastPath)
     app.add_middleware(Guard)
     registry = CollectorRegistry(auto_describe=False)

@@ -378,6 +378,25 @@ class FeedDocument(Base):
     rendered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Page(Base):
+    """A rendered reader page (``/``, ``/stories/…``, ``/tags/…`` …), served as stored bytes.
+
+    ``dirty_at`` is set while the page waits for a render round. A story page whose story
+    is no longer published keeps its row with no body: it is gone (404) until published again.
+    A story page's body has a slot for the "More news" list, stored once as ``more-news``.
+    """
+
+    __tablename__ = "pages"
+
+    path: Mapped[str] = mapped_column(String(600), primary_key=True)
+    story_id: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    etag: Mapped[str | None] = mapped_column(String(80))
+    last_modified: Mapped[datetime | None]
+    rendered_at: Mapped[datetime | None]
+    dirty_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
 class Failure(Base):
     """A task that failed for good (a poison item): recorded, shown, not retried."""
 

@@ -19,7 +19,7 @@ from shared.celery import send_task
 from shared.db import session_scope
 from shared.events import sweep
 from shared.health import BEAT_EVERY, beat, stop_beating
-from shared.models import Delivery, Feed, Source, Story, utcnow
+from shared.models import Delivery, Feed, Page, Source, Story, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def tick() -> list[str]:
             ),
             "syndicate.render_feeds": session.scalar(
                 select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1)
-            ),
+            )
+            or session.scalar(select(Page.path).where(Page.dirty_at.is_not(None)).limit(1)),
         }
         polls = list(session.scalars(
             select(Source.id).where(Source.poll_url.is_not(None), Source.next_poll_at <= now)

@@ -1,15 +1,18 @@
-"""A partner on loopback: a real HTTP server that records pushes and answers as told."""
+"""A partner on loopback: a real HTTP server that records pushes and answers as told; and the
+visible text of a page."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -144,3 +147,27 @@ def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[key] = value
         reset()
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.in_script = False
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self.in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if not self.in_script:
+            self.parts.append(data)
+
+
+def text_of(html: str) -> str:
+    """The page's visible text, unescaped, with whitespace collapsed."""
+    parser = _Text()
+    parser.feed(html)
+    return re.sub(r"\s+([,.])", r"\1", re.sub(r"\s+", " ", " ".join(parser.parts)))

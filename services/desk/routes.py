@@ -27,7 +27,7 @@ from services.desk.sessions import DeskSession
 from services.desk.stream import incoming_events
 from services.ingest.service import list_sources, source_view
 from services.publish import service as publish
-from services.publish.pages import render_story_page
+from services.syndicate.pages import render_story_page
 from services.syndicate.partners import replay
 from shared.auth import create_token
 from shared.config import get_settings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,9 +17,8 @@ from shared.db import session_scope
 from shared.models import Delivery, Partner, Revision, Source, Story
 from shared.stories import add_revision, set_labels, set_tags
 from shared.text import html_to_text, slugify
-from tests.conftest import Pipeline
-from tests.publish.test_pages import text_of
-from tests.support import PartnerServer
+from tests.conftest import Pipeline, wait_for
+from tests.support import PartnerServer, text_of
 
 __all__ = ["Desk", "TaggedPartner", "make_desk", "tagged_partner", "text_of"]
 
@@ -116,6 +115,25 @@ class Desk:
         """A story page's status and visible text."""
         answer = self.pipeline.client.get(f"/stories/{slug}")
         return answer.status_code, text_of(answer.text)
+
+    def page_when(self, slug: str, check: Callable[[int, str], bool], what: str) -> tuple[int, str]:
+        """A story page once it shows the last change: pages follow a change in the render
+        round that follows it, as the feeds do."""
+
+        def shown() -> tuple[int, str] | None:
+            status, text = self.page(slug)
+            return (status, text) if check(status, text) else None
+
+        return wait_for(shown, what=what)
+
+    def front_when(self, check: Callable[[str], bool], what: str) -> str:
+        """The front page's HTML once ``check`` holds (it follows changes like the feeds)."""
+
+        def shown() -> str | None:
+            html = self.pipeline.client.get("/").text
+            return html if check(html) else None
+
+        return wait_for(shown, what=what)
 
 
 def row(story_id: int) -> Story:
