@@ -27,6 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -179,6 +181,12 @@ class Guard:
             except NewsroomError as error:
                 extra = [(b"www-authenticate", b"Bearer")] if error.status == 401 else []
                 await _refuse(send, error.status, error.code, error.detail, headers=extra)
+                return
+            except (OperationalError, PoolTimeoutError) as error:
+                # No token can be checked without the database: the client sends again later.
+                log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
+                await _refuse(send, 503, "unavailable", "the database is unavailable; try again",
+                              headers=[(b"retry-after", b"5")])  # fmt: skip
                 return
             scope.setdefault("state", {})[PRINCIPAL_STATE] = caller
             if wire:
