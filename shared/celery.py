@@ -212,8 +212,8 @@ def newsroom_task(name: str, *, max_failures: int = 5) -> Callable[[Callable[...
 
             event_id = event_id_of(self.request.id)
             if event_id is not None and _runs(event_id) > MAX_RUNS:
-                record_failure(name, kwargs, f"outbox event {event_id} ran {MAX_RUNS} times; given up")
-                mark_done(event_id)
+                record_failure(name, kwargs, f"outbox event {event_id} ran {MAX_RUNS} times; given up",
+                               event_id=event_id)  # fmt: skip
                 return None
             running_event.set(event_id)
             try:
@@ -369,15 +369,36 @@ def run_gathered(
     return len(ran)
 
 
-def record_failure(task: str, kwargs: dict[str, Any], error: str) -> None:
-    """Keep a task that failed for good, so it is shown and never retried in a loop."""
+def record_failure(task: str, kwargs: dict[str, Any], error: str, *, event_id: int | None = None) -> None:
+    """Keep a task that failed for good, so it is shown and never retried in a loop.
+
+    A failure of an outbox event's task (``event_id``, else the event this run is for) is
+    recorded by the run that marks the event done, in the same transaction: a second copy
+    of it (sent again by the sweep while the first was being retried) records nothing.
+    """
+    from sqlalchemy import update
+
     from shared.db import session_scope
-    from shared.models import Failure
+    from shared.events import running_event
+    from shared.models import Failure, OutboxEvent, utcnow
 
     key = ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))[:200]
-    log.error("task %s %s failed: %s", task, key, error)
+    if event_id is None:
+        event_id = running_event.get()
     try:
         with session_scope() as session:
+            if event_id is not None:
+                running_event.set(None)  # marked here, not by this transaction's commit hook
+                marked = session.scalar(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id == event_id, OutboxEvent.done_at.is_(None))
+                    .values(done_at=utcnow())
+                    .returning(OutboxEvent.id)
+                )
+                if marked is None:
+                    log.info("task %s %s: outbox event %s was settled by another run", task, key, event_id)
+                    return
+            log.error("task %s %s failed: %s", task, key, error)
             session.add(Failure(task=task, key=key, error=error[:4000]))
     except Exception:
         log.exception("could not record the failure of %s %s", task, key)
