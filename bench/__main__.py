@@ -1,4 +1,4 @@
-"""Run benchmarks: `python -m bench` runs every one, `python -m bench ingest feeds` some."""
+"""Run benchmarks: `python -m bench` runs every one, `python -m bench ingest pages` some."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-BENCHMARKS = ("ingest", "feeds", "pipeline")
+BENCHMARKS = ("ingest", "feeds", "pipeline", "pages")
 
 
 def main(argv: list[str]) -> None:

@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     retain_receipts_days: int = Field(default=90, ge=0)
     retain_outbox_days: int = Field(default=2, ge=0)
     retain_deliveries_days: int = Field(default=30, ge=0)
+    # A bearer token that may read /metrics besides admin tokens (for a Prometheus scraper).
+    metrics_token: str | None = None
+    # Rate limits ("N/second|minute|hour"), shared through Redis: per wire token on posts,
+    # per client address on pages, feeds and sitemaps.
+    rate_wire: str = "12000/minute"
+    rate_public: str = "3000/minute"
+    # The OpenAPI document and its Swagger page (/openapi.json, /docs); off in production if wanted.
+    api_docs: bool = True
+
+    @field_validator("rate_wire", "rate_public")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as error:
+            raise ValueError(f"not a rate limit like '600/minute': {value!r}") from error
+        return value
 
     @field_validator("site_url")
     @classmethod

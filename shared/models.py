@@ -378,6 +378,25 @@ class FeedDocument(Base):
     rendered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Page(Base):
+    """A rendered reader page (``/``, ``/stories/…``, ``/tags/…`` …), served as stored bytes.
+
+    ``dirty_at`` is set while the page waits for a render round. A story page whose story
+    is no longer published keeps its row with no body: it is gone (404) until published again.
+    A story page's body has a slot for the "More news" list, stored once as ``more-news``.
+    """
+
+    __tablename__ = "pages"
+
+    path: Mapped[str] = mapped_column(String(600), primary_key=True)
+    story_id: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    etag: Mapped[str | None] = mapped_column(String(80))
+    last_modified: Mapped[datetime | None]
+    rendered_at: Mapped[datetime | None]
+    dirty_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
 class Failure(Base):
     """A task that failed for good (a poison item): recorded, shown, not retried."""
 
@@ -388,3 +407,34 @@ class Failure(Base):
     key: Mapped[str] = mapped_column(String(200))
     error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MetricDelta(Base):
+    """A change to a count, appended by a database trigger in the transaction that made it.
+
+    The triggers (migration 0003) follow receipts, stories and deliveries; /metrics folds
+    the deltas into ``MetricTotal`` and reads the totals, never the growing tables.
+    """
+
+    __tablename__ = "metric_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(20))  # received | stories | deliveries
+    owner_id: Mapped[int] = mapped_column(Integer)  # the source or partner; 0 for stories
+    label: Mapped[str] = mapped_column(String(40))  # a receipt's format; '' otherwise
+    status: Mapped[str] = mapped_column(String(20))
+    count: Mapped[int] = mapped_column(Integer)
+    items: Mapped[int] = mapped_column(Integer)
+
+
+class MetricTotal(Base):
+    """A count folded from ``MetricDelta`` rows."""
+
+    __tablename__ = "metric_totals"
+
+    metric: Mapped[str] = mapped_column(String(20), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(BigInteger)

@@ -18,7 +18,7 @@ from shared import retention
 from shared.celery import send_task
 from shared.db import session_scope
 from shared.health import BEAT_EVERY, beat, stop_beating
-from shared.models import Delivery, Feed, Source, Story, utcnow
+from shared.models import Delivery, Feed, Page, Source, Story, utcnow
 from shared.outbox import sweep
 from shared.tasknames import POLL_SOURCE, PUBLISH_DUE, RENDER_FEEDS, SWEEP_DELIVERIES, TaskRef
 
@@ -49,7 +49,8 @@ def tick() -> list[str]:
                 .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
                 .limit(1)
             ),
-            RENDER_FEEDS: session.scalar(select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1)),
+            RENDER_FEEDS: session.scalar(select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1))
+            or session.scalar(select(Page.path).where(Page.dirty_at.is_not(None)).limit(1)),
         }
         polls = list(
             session.scalars(select(Source.id).where(Source.poll_url.is_not(None), Source.next_poll_at <= now))

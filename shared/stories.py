@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared.changes import announce_change
 from shared.models import Revision, Story, StoryLabel, StoryTag
 from shared.text import slugify
 
@@ -73,6 +74,7 @@ def add_revision(
     )
     session.add(revision)
     session.flush()
+    announce_change(session)
     return revision
 
 

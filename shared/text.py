@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 import unicodedata
+from typing import Any
 
 import nh3
+from lxml import etree  # type: ignore[import-untyped]
 from slugify import slugify as _ascii_slug
 
 # Text: C0/C1 controls (except tab and newline), lone surrogates that JSON escapes can
@@ -30,11 +33,11 @@ def clean_headline(s: str) -> str:
 # HTML --------------------------------------------------------------------------------
 
 _TAGS = {
-    *("p", "br", "hr", "span", "div", "blockquote", "figure", "figcaption", "img"),
-    *("a", "b", "strong", "i", "em", "u", "s", "sub", "sup", "small", "mark", "q", "cite", "abbr"),
-    *("code", "pre", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl", "dt", "dd"),
-    *("table", "caption", "thead", "tbody", "tfoot", "tr", "th", "td"),
-}
+    "p", "br", "hr", "a", "b", "strong", "i", "em", "u", "s", "sub", "sup", "small", "mark",
+    "q", "cite", "abbr", "code", "pre", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li",
+    "dl", "dt", "dd", "blockquote", "figure", "figcaption", "img", "table", "caption",
+    "thead", "tbody", "tfoot", "tr", "th", "td", "span", "div",
+}  # fmt: skip
 _ATTRIBUTES = {
     "*": set[str](),  # overrides ammonia's generic lang/title
     "a": {"href", "title"},
@@ -49,10 +52,105 @@ _URL_SCHEMES = {"http", "https", "mailto"}
 _DROP_WITH_CONTENT = {"script", "style", "iframe", "object", "noscript", "template", "svg", "math"}
 
 
+# Deeper than this, an HTML fragment is refused: stories nest a handful of levels, and an
+# HTML5 tree builder (nh3's) costs time in proportion to the depth for every tag it reads.
+MAX_HTML_DEPTH = 64
+
+
+class MarkupTooDeep(ValueError):
+    """An HTML fragment nests elements deeper than MAX_HTML_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(f"HTML nested deeper than {MAX_HTML_DEPTH} levels")
+
+
+_local = threading.local()
+
+
+def _html_parser() -> Any:
+    # lxml parsers must not be shared between threads; one per thread is reused.
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = etree.HTMLParser(
+            recover=True, no_network=True, remove_comments=True, remove_pis=True, default_doctype=False
+        )
+    return parser
+
+
+def _parse_html(html_text: str) -> Any:
+    """Wire HTML as a tree (libxml2's HTML5 tokenizer: linear time), its depth checked.
+
+    None for blank text; comments and processing instructions are dropped by the parser.
+    """
+    if not html_text.strip():
+        return None
+    root = etree.fromstring(html_text, _html_parser())
+    if root is None:
+        return None
+    depth = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if element.tag not in _DOCUMENT_TAGS:  # the parser's own wrappers do not count
+            depth += 1 if event == "start" else -1
+            if depth > MAX_HTML_DEPTH:
+                raise MarkupTooDeep
+    return root
+
+
+def _html_tree(html_text: str) -> Any:
+    """Like _parse_html, with code (script, style...) dropped with its content."""
+    root = _parse_html(html_text)
+    if root is not None:
+        etree.strip_elements(root, *_DROP_WITH_CONTENT, with_tail=False)
+    return root
+
+
+# nh3 appends to a text node in a way that grows with the square of its length when it is
+# full of character references ('&amp;' over megabytes); text is handed over in pieces.
+_TEXT_PIECE = 16 * 1024
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[start : start + _TEXT_PIECE] for start in range(0, len(text), _TEXT_PIECE)]
+
+
+def _segment_text(element: Any) -> None:
+    """Split an element's long text and tail with <wbr>, which nh3 drops, joining the text again."""
+    if element.text and len(element.text) > _TEXT_PIECE:
+        first, *rest = _pieces(element.text)
+        element.text = first
+        for position, piece in enumerate(rest):
+            breaker = etree.Element("wbr")
+            breaker.tail = piece
+            element.insert(position, breaker)
+    if element.tail and len(element.tail) > _TEXT_PIECE and element.getparent() is not None:
+        first, *rest = _pieces(element.tail)
+        element.tail = first
+        for piece in reversed(rest):
+            breaker = etree.Element("wbr")
+            breaker.tail = piece
+            element.addnext(breaker)
+
+
 def sanitize_html(html_text: str) -> str:
-    """Reduce wire HTML to the safe subset stories are stored and shown in."""
+    """Reduce wire HTML to the safe subset stories are stored and shown in.
+
+    The text is read by lxml first and nh3 cleans lxml's well-formed serialisation: nh3's
+    HTML5 tree builder, given misnested markup, can rebuild formatting elements over and over
+    (quadratic time and output); given a well-formed tree of bounded depth it cannot.
+    Raises MarkupTooDeep.
+    """
+    root = _html_tree(clean_text(html_text))
+    if root is None:
+        return ""
+    for element in list(root.iter()):
+        if element.attrib:
+            allowed = _ATTRIBUTES.get(element.tag, ())
+            for name in [name for name in element.attrib if name not in allowed]:
+                del element.attrib[name]
+        _segment_text(element)
+    well_formed = etree.tostring(root, encoding="unicode", method="html")
     return nh3.clean(
-        clean_text(html_text),
+        well_formed,
         tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes=_URL_SCHEMES,
@@ -62,42 +160,61 @@ def sanitize_html(html_text: str) -> str:
     ).strip()
 
 
-_BLOCK_TAGS = frozenset(
-    {
-        *("p", "div", "pre", "hr", "blockquote", "figure", "figcaption"),
-        *("h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl", "dt", "dd"),
-        *("table", "caption", "thead", "tbody", "tfoot", "tr"),
-        *("section", "article", "header", "footer", "aside"),
-    }
-)
-_DROPPED_RE = re.compile(
-    r"<(script|style|template|noscript|iframe|svg|math)\b.*?</\1\s*>|<!--.*?-->",
-    re.IGNORECASE | re.DOTALL,
-)
-# A tag, capturing its name, honouring quoted attribute values that may contain '>'.
-_TAG_RE = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)\b[^\"'>]*(?:(?:\"[^\"]*\"|'[^']*')[^\"'>]*)*>")
+_BLOCK_TAGS = frozenset({
+    "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl", "dt", "dd",
+    "blockquote", "figure", "figcaption", "table", "caption", "thead", "tbody", "tfoot",
+    "tr", "pre", "hr", "section", "article", "header", "footer", "aside",
+})  # fmt: skip
 _TAG_TEXT = {name: "\n\n" for name in _BLOCK_TAGS} | {"br": "\n", "td": " ", "th": " "}
-_TAG_TEXT |= {name.upper(): text for name, text in _TAG_TEXT.items()}  # saves a lower() per tag
-_DROPPED_HINTS = ("<!--", "<script", "<style", "<template", "<noscript", "<iframe", "<svg", "<math")
+_VOID_TAGS = frozenset({"br", "hr", "img", "wbr"})  # one tag, so one break
+_DOCUMENT_TAGS = frozenset({"html", "head", "body"})  # what the parser adds around any text
+
+
+def _spaced(text: str | None) -> str:
+    """Source whitespace is one space in HTML (only tags make line breaks)."""
+    if not text:
+        return ""
+    words = " ".join(text.split())
+    if not words:
+        return " "
+    return (" " if text[0].isspace() else "") + words + (" " if text[-1].isspace() else "")
 
 
 def html_to_text(html_text: str) -> str:
-    """Plain text of an HTML fragment: paragraphs separated by a blank line."""
-    lowered = html_text.lower()
-    if any(hint in lowered for hint in _DROPPED_HINTS):  # rare once sanitised; skip the regex
-        html_text = _DROPPED_RE.sub("", html_text)
-    # Source line breaks are plain whitespace in HTML; only tags make breaks.
-    parts = _TAG_RE.split(" ".join(html_text.split()))
-    tag_text = _TAG_TEXT.get
-    parts[1::2] = [tag_text(name, "") for name in parts[1::2]]
-    text = html.unescape("".join(parts)).replace("\xa0", " ")
-    # Plain str.replace loops: several times faster than regular expressions here.
+    """Plain text of an HTML fragment: paragraphs separated by a blank line. Raises MarkupTooDeep."""
+    root = _html_tree(clean_text(html_text))
+    if root is None:
+        return ""
+    parts: list[str] = []
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        separator = _TAG_TEXT.get(element.tag, "") if isinstance(element.tag, str) else ""
+        if event == "start":
+            parts += (separator, _spaced(element.text))
+        else:
+            parts += ("" if element.tag in _VOID_TAGS else separator, _spaced(element.tail))
+    text = "".join(parts)
+    # Plain str.replace loops: each pass at least halves every run.
     while "  " in text:
         text = text.replace("  ", " ")
     text = text.replace(" \n", "\n").replace("\n ", "\n")
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return clean_text(text.strip())
+
+
+def looks_like_html(text: str) -> bool:
+    """Whether a string of unknown type carries elements or entities (as lxml reads it)."""
+    cleaned = clean_text(text)
+    try:
+        root = _parse_html(cleaned)
+    except MarkupTooDeep:
+        return True
+    if root is None:
+        return False
+    if any(element.tag not in _DOCUMENT_TAGS for element in root.iter()):
+        return True
+    # Entities are decoded by the parser: text with an '&' that reads differently had some.
+    return "&" in cleaned and "".join(root.itertext()).strip() != cleaned.strip()
 
 
 def first_paragraph_text(html_text: str) -> str | None:
@@ -127,41 +244,13 @@ _UKRAINIAN_INITIAL_RE = re.compile(r"\b[єїйюя]")
 _UKRAINIAN_INITIAL = {"є": "ye", "ї": "yi", "й": "y", "ю": "yu", "я": "ya"}
 _UKRAINIAN = str.maketrans(
     {
-        "а": "a",
-        "б": "b",
-        "в": "v",
-        "г": "h",
-        "ґ": "g",
-        "д": "d",
-        "е": "e",
-        "є": "ie",
-        "ж": "zh",
-        "з": "z",
-        "и": "y",
-        "і": "i",
-        "ї": "i",
-        "й": "i",
-        "к": "k",
-        "л": "l",
-        "м": "m",
-        "н": "n",
-        "о": "o",
-        "п": "p",
-        "р": "r",
-        "с": "s",
-        "т": "t",
-        "у": "u",
-        "ф": "f",
-        "х": "kh",
-        "ц": "ts",
-        "ч": "ch",
-        "ш": "sh",
-        "щ": "shch",
-        "ь": "",
-        "ю": "iu",
-        "я": "ia",
+        "а": "a", "б": "b", "в": "v", "г": "h", "ґ": "g", "д": "d", "е": "e", "є": "ie",
+        "ж": "zh", "з": "z", "и": "y", "і": "i", "ї": "i", "й": "i", "к": "k", "л": "l",
+        "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t", "у": "u",
+        "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ь": "",
+        "ю": "iu", "я": "ia",
     }
-)
+)  # fmt: skip
 _APOSTROPHE_RE = re.compile(r"(?<=\w)['’ʼ`](?=\w)")
 
 

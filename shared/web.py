@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from shared.auth import find_token
 from shared.db import session_scope
@@ -27,11 +29,35 @@ class Principal:
         return f"{self.role}:{self.name}"
 
 
-def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+# Declares the scheme in the OpenAPI document; a missing or malformed header is our own 401.
+_bearer = HTTPBearer(auto_error=False, description="A token from `newsroom source add` (wire) or "
+                     "`newsroom token create` (editor, admin).")  # fmt: skip
+# Where the guard (shared.guards) leaves the caller it authenticated before the body was read.
+PRINCIPAL_STATE = "newsroom_principal"
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 when missing or wrong."""
+    known = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(known, Principal):
+        return known
+    if credentials is None:
+        raise Unauthorized("a bearer token is required")
+    return _holder(credentials.credentials)
+
+
+def resolve_principal(authorization: str | None) -> Principal:
+    """The holder of the bearer token in an ``Authorization`` header value; 401 when missing or wrong."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("a bearer token is required")
-    token = authorization[7:].strip()
+    return _holder(authorization[7:])
+
+
+def _holder(token: str) -> Principal:
+    token = token.strip()
     with session_scope(read_only=True) as session:
         row = find_token(session, token)
         if row is None:
@@ -55,6 +81,37 @@ def role_dependency(*roles: str) -> Any:
 
 EditorDep = Annotated[Principal, role_dependency("editor", "admin")]
 AdminDep = Annotated[Principal, role_dependency("admin")]
+
+# Row ids (and story versions) are INTEGER columns, 32-bit on PostgreSQL: a larger number in a
+# path, query or body is 422, never a database error.
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: ``{"error": CODE, "detail": REASON}``; a refused wire post adds its receipt."""
+
+    error: str
+    detail: str
+    receipt: int | None = None
+
+
+_REASONS = {
+    400: "Malformed: the parser's reason and position",
+    401: "No token, or an unknown one",
+    403: "A token of the wrong role or source",
+    404: "Not found",
+    409: "Conflict: the story changed meanwhile (`expected_version`)",
+    413: "The body is larger than `NEWSROOM_MAX_BODY_BYTES`",
+    415: "Unknown Content-Type",
+    422: "Well-formed but not acceptable: the reason names the field",
+    429: "Too many requests: see `Retry-After`",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these refusals, each with the error body."""
+    return {status: {"model": ErrorBody, "description": _REASONS[status]} for status in statuses}
 
 
 def error_response(error: NewsroomError, **extra: object) -> JSONResponse:

@@ -28,6 +28,7 @@ import redis as redis_lib
 from shared.redis import EmbeddedRedis
 from tests.helpers.pipeline import Pipeline
 from tests.helpers.support import (
+    GENEROUS_LIMITS,
     ROOT,
     claim_redis_database,
     empty_redis,
@@ -81,6 +82,7 @@ def newsroom(
         "NEWSROOM_REDIS_URL": redis_url,
         "NEWSROOM_SITE_URL": "http://newsroom.test",
         "NEWSROOM_LOG_LEVEL": "INFO",
+        **GENEROUS_LIMITS,
     }
     with newsroom_environment(env):
         empty_redis(redis_url)  # nothing queued by the other database's run

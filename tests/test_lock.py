@@ -23,19 +23,21 @@ PIN = re.compile(
 
 
 def locked() -> dict[str, tuple[str, Marker | None, int]]:
-    """Each pin of the lock: name -> (version, marker, number of hashes)."""
-    pins: dict[str, tuple[str, Marker | None, int]] = {}
-    current = None
+    """The pins of the lock that apply here: name -> (version, marker, number of hashes).
+
+    A package may be pinned twice, for different Pythons (markers); the one for this one counts.
+    """
+    pins: list[tuple[str, str, Marker | None, int]] = []
     for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
         match = PIN.match(line)
         if match:
             marker = Marker(match["marker"]) if match["marker"] else None
-            current = canonicalize_name(match["name"])
-            pins[current] = (match["version"], marker, 0)
-        elif line.strip().startswith("--hash=sha256:") and current:
-            version, marker, hashes = pins[current]
-            pins[current] = (version, marker, hashes + 1)
-    return pins
+            pins.append((canonicalize_name(match["name"]), match["version"], marker, 0))
+        elif line.strip().startswith("--hash=sha256:") and pins:
+            name, version, marker, hashes = pins[-1]
+            pins[-1] = (name, version, marker, hashes + 1)
+    assert all(hashes for *_, hashes in pins), "every pin has hashes"
+    return {name: (version, marker, hashes) for name, version, marker, hashes in pins if applies(marker)}
 
 
 def declared() -> list[Requirement]:
@@ -64,13 +66,12 @@ def test_every_declared_requirement_is_pinned_within_its_range() -> None:
 
 
 def test_every_pin_has_hashes() -> None:
-    unhashed = [name for name, (_, _, hashes) in locked().items() if hashes == 0]
-    assert not unhashed
+    assert locked()  # locked() checks every pin's hashes, whatever its markers
 
 
 def test_the_lock_holds_exactly_what_the_project_needs_and_this_venv_has_it() -> None:
     """The closure of pyproject's requirements, through installed metadata, is the lock's pin set."""
-    pins = {name: pin for name, pin in locked().items() if applies(pin[1])}
+    pins = locked()
     needed: set[str] = set()
     todo = [(requirement, "") for requirement in declared()]
     while todo:

@@ -228,6 +228,7 @@ from ready to the column in /feeds/all.atom and {len(partner.received)} pushes a
                  {settings.site_url}/feeds/section/opinion.atom  /feeds/label/exclusive.rss
   News sitemap   {settings.site_url}/sitemaps/news.xml
   Health         {settings.site_url}/readyz  /metrics
+  Desk           {settings.site_url}/desk  (sign in with the editor token)
 
   Tokens (shown once)
     wire source "wire"      {tokens["wire"]}

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from services.ingest import service
@@ -15,10 +16,74 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.errors import Forbidden, NotFound
 from shared.models import Receipt, Source, utcnow
-from shared.web import AdminDep, Principal, PrincipalDep
+from shared.web import AdminDep, IdPath, Principal, PrincipalDep, error_responses
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["ingest"])
+router = APIRouter(prefix="/v1", tags=["ingest"], responses=error_responses(401, 403, 422, 429))
+
+
+class WireAccepted(BaseModel):
+    """The answer to an accepted wire post."""
+
+    receipt: int
+    status_url: str
+    items: int
+
+
+class ReceiptItemView(BaseModel):
+    guid: str | None
+    story_id: int | None
+    outcome: str
+    error: str | None
+
+
+class ReceiptView(BaseModel):
+    """What became of a post and of each of its items."""
+
+    receipt: int
+    status: str
+    format: str | None
+    content_type: str | None
+    size: int
+    received_at: str
+    error: dict[str, Any] | None
+    items: list[ReceiptItemView]
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_NINJS = {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+          "description": "IPTC ninjs 1.x, 2.x or 3.x: one item, or an array of them"}  # fmt: skip
+_COLUMN = {
+    "type": "object",
+    "required": ["guid", "headline", "body_html", "author"],
+    "properties": {
+        "guid": {"type": "string"}, "version": {"type": "integer"}, "headline": {"type": "string"},
+        "lede": {"type": "string"}, "body_html": {"type": "string"},
+        "author": {"type": "object", "required": ["name"],
+                   "properties": {"name": {"type": "string"}, "bio": {"type": "string"}}},
+        "section": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "source_url": {"type": "string"}, "disclaimer": {"type": "string"}, "language": {"type": "string"},
+        "written_at": {"type": "string", "format": "date-time"},
+    },
+}  # fmt: skip
+# The body is read raw (its format comes from Content-Type), so FastAPI cannot describe it.
+WIRE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A wire post; its format comes from Content-Type, else the source's format.",
+        "content": {
+            "application/ninjs+json": {"schema": _NINJS},
+            "application/json": {"schema": _NINJS},
+            "application/vnd.newsroom.column+json": {"schema": {"oneOf": [_COLUMN, {"type": "array",
+                                                                                   "items": _COLUMN}]}},
+            "application/vnd.iptc.g2.newsitem+xml": _BINARY,
+            "application/vnd.iptc.g2.newsmessage+xml": _BINARY,
+            "application/xml": _BINARY,
+            "application/rss+xml": _BINARY,
+            "application/atom+xml": _BINARY,
+        },
+    }
+}  # fmt: skip
 
 # How much of an oversized post is kept, so the receipt shows what was sent.
 OVERSIZE_HEAD_BYTES = 64 * 1024
@@ -47,9 +112,19 @@ async def _read_limited(request: Request, limit: int) -> tuple[bytes, int | None
     return b"".join(chunks), None
 
 
-@router.post("/wire/{source_name}", status_code=202)
+@router.post(
+    "/wire/{source_name}",
+    status_code=202,
+    response_model=WireAccepted,
+    responses=error_responses(400, 404, 413, 415),
+    openapi_extra=WIRE_BODY,
+)
 async def post_wire(source_name: str, request: Request, caller: PrincipalDep) -> JSONResponse:
-    """Accept a wire post: store it untouched, check it, queue it."""
+    """Accept a wire post: store it untouched, check it, queue it.
+
+    Role: the source's own wire token, or an admin. Every post is kept, refused ones too
+    (400, 413, 415 and 422 carry its `receipt`).
+    """
     source = await run_in_threadpool(_authorize, source_name, caller)
     settings = get_settings()
     body, oversize = await _read_limited(request, settings.max_body_bytes)
@@ -98,9 +173,12 @@ def _store(source: Source, content_type: str | None, body: bytes, oversize: int 
         return service.PostResult(receipt=receipt, status=413, error="too_large", detail=detail)
 
 
-@router.get("/receipts/{receipt_id}")
-def get_receipt(receipt_id: int, caller: PrincipalDep) -> dict[str, Any]:
-    """What became of a post and of each of its items."""
+@router.get("/receipts/{receipt_id}", response_model=ReceiptView, responses=error_responses(404))
+def get_receipt(receipt_id: IdPath, caller: PrincipalDep) -> dict[str, Any]:
+    """What became of a post and of each of its items.
+
+    Role: the wire token of the post's source, an editor or an admin.
+    """
     with session_scope(read_only=True) as session:
         receipt = session.get(Receipt, receipt_id)
         if receipt is None:
@@ -129,6 +207,9 @@ def receipt_view(receipt: Receipt) -> dict[str, Any]:
 
 @router.get("/sources")
 def get_sources(_caller: AdminDep, failing: bool = False) -> list[dict[str, Any]]:
-    """Every source with its polling state; ``?failing=true`` for those whose polls keep failing."""
+    """Every source with its polling state; ``?failing=true`` for those whose polls keep failing.
+
+    Role: admin.
+    """
     with session_scope(read_only=True) as session:
         return [service.source_view(source) for source in service.list_sources(session, failing=failing)]

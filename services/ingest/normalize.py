@@ -8,22 +8,25 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, tzinfo
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from lxml import etree  # type: ignore[import-untyped]
 
 from shared.text import (
+    MarkupTooDeep,
     clean_headline,
     clean_text,
     first_paragraph_text,
     html_to_text,
+    looks_like_html,
     sanitize_html,
     slugify,
     text_to_html,
 )
 
 __all__ = [
-    "clean_headline", "clean_text", "first_paragraph_text", "html_to_text", "sanitize_html",
-    "slugify", "text_to_html",
+    "MarkupTooDeep", "clean_headline", "clean_text", "first_paragraph_text", "html_to_text",
+    "looks_like_html", "sanitize_html", "slugify", "text_to_html",
 ]  # fmt: skip
 
 
@@ -45,9 +48,6 @@ class TimeError(ItemRejectedError):
         self.value = value
 
 
-_HTTP_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*\Z", re.IGNORECASE)
-
-
 def optional_text(value: object) -> str | None:
     """A cleaned one-line string, or None for non-strings and blank strings."""
     if not isinstance(value, str):
@@ -57,17 +57,16 @@ def optional_text(value: object) -> str | None:
 
 def safe_url(value: object) -> str | None:
     """The URL if it is an absolute http(s) URL, else None (no javascript:, data: ...)."""
-    if isinstance(value, str) and _HTTP_URL_RE.match(value.strip()):
-        return value.strip()
-    return None
-
-
-_HTML_HINT_RE = re.compile(r"<(?:[a-z][a-z0-9]*)\b[^>]*>|&(?:#\d+|#x[0-9a-f]+|[a-z]+);", re.IGNORECASE)
-
-
-def looks_like_html(text: str) -> bool:
-    """Whether a string of unknown type carries tags or entities."""
-    return _HTML_HINT_RE.search(text) is not None
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if len(url.split(maxsplit=1)) != 1 or not url.lower().startswith(("http://", "https://")):
+        return None
+    try:
+        host = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:
+        return None
+    return url if host else None
 
 
 # Wire XML vocabularies (NITF, XHTML) whose elements have an HTML equivalent.

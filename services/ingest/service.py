@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.ingest.normalize import slugify
-from services.ingest.parsers import FORMATS, format_for_content_type, parse
+from services.ingest.parsers import FORMATS, count_items, format_for_content_type, parse
 from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem
 from shared import egress, tasknames
 from shared.auth import create_token, revoke_source_tokens
@@ -103,6 +103,12 @@ class PostCheck:
     detail: str | None = None
 
 
+# Posts up to this size are parsed item by item before the answer (a 422 says which item
+# lacks what); larger ones only for their form, nesting and item count, so that the answer
+# stays well under a second whatever they hold, and the receipt tells about their items.
+CHECKED_POST_BYTES = 128 * 1024
+
+
 def check_post(*, source: Source, content_type: str | None, body: bytes) -> PostCheck:
     """Parse a post to answer for it; needs no transaction, so none waits on the parsing."""
     fmt = format_for_content_type(content_type, source.format)
@@ -111,9 +117,11 @@ def check_post(*, source: Source, content_type: str | None, body: bytes) -> Post
             None, 415, error="unsupported_media_type", detail=f"unknown Content-Type {content_type!r}"
         )
     try:
+        if len(body) > CHECKED_POST_BYTES:
+            return PostCheck(fmt, 202, count_items(fmt, body))
         parsed = parse(fmt, body, default_tz=ZoneInfo(source.timezone))
-    except MalformedPost as error:
-        return PostCheck(fmt, 400, error="malformed", detail=str(error))
+    except MalformedPost as error:  # or over a limit of the whole post (PostOverLimit, 422)
+        return PostCheck(fmt, error.status, error=error.code, detail=str(error))
     if not any(isinstance(item, ParsedItem) for item in parsed):
         reasons = "; ".join(_describe(item) for item in parsed if isinstance(item, ItemError))
         return PostCheck(fmt, 422, len(parsed), "unprocessable", reasons or "the post has no items")
@@ -244,7 +252,7 @@ def _process(
         _reject(session, receipt, 415, "unsupported_media_type", "unknown Content-Type")
         return []
     if isinstance(parsed, MalformedPost):
-        _reject(session, receipt, 400, "malformed", str(parsed))
+        _reject(session, receipt, parsed.status, parsed.code, str(parsed))
         return []
     outcomes = []
     for position, item in enumerate(parsed):

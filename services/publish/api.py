@@ -20,9 +20,11 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.errors import Conflict, SkipEvent, Unprocessable
 from shared.models import Delivery, Partner, Revision, Story
-from shared.web import EditorDep
+from shared.web import MAX_ID, EditorDep, IdPath, error_responses
 
-router = APIRouter(prefix="/v1/stories", tags=["publish"])
+router = APIRouter(
+    prefix="/v1/stories", tags=["publish"], responses=error_responses(401, 403, 404, 409, 422, 429)
+)
 
 
 class PublishRequest(BaseModel):
@@ -31,7 +33,7 @@ class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: list[str] | None = None
     at: str | None = None
-    expected_version: int | None = None
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_ID)
     silent: bool = False
     note: str | None = Field(default=None, max_length=2000)
 
@@ -41,7 +43,7 @@ class UnpublishRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
-    expected_version: int | None = None
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_ID)
 
 
 @contextmanager
@@ -128,9 +130,9 @@ def _detail(session: Session, story: Story) -> dict[str, Any]:
 @router.get("")
 def list_stories(
     caller: EditorDep, status: str | None = None, section: str | None = None, q: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """The editor's list, newest first."""
+    """The editor's list, newest first. Role: editor or admin."""
     with session_scope(read_only=True) as session:
         stories = service.list_stories(
             session, status=status, section=section, q=q, limit=limit, offset=offset
@@ -139,15 +141,18 @@ def list_stories(
 
 
 @router.get("/{story_id}")
-def get_story(story_id: int, caller: EditorDep) -> dict[str, Any]:
-    """A story with its revisions, labels and deliveries."""
+def get_story(story_id: IdPath, caller: EditorDep) -> dict[str, Any]:
+    """A story with its revisions, labels and deliveries. Role: editor or admin."""
     with session_scope(read_only=True) as session:
         return _detail(session, service.get_story(session, story_id))
 
 
-@router.patch("/{story_id}")
-def patch_story(story_id: int, changes: dict[str, Any], caller: EditorDep) -> dict[str, Any]:
-    """Edit a story: a new revision, shown on a published story after the next publish."""
+@router.patch("/{story_id}", responses=error_responses(400, 413))
+def patch_story(story_id: IdPath, changes: dict[str, Any], caller: EditorDep) -> dict[str, Any]:
+    """Edit a story: a new revision, shown on a published story after the next publish.
+
+    Role: editor or admin.
+    """
     expected = changes.pop("expected_version", None)
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
         raise Unprocessable("expected_version: an integer")
@@ -157,9 +162,12 @@ def patch_story(story_id: int, changes: dict[str, Any], caller: EditorDep) -> di
         return story_view(story, full=True)
 
 
-@router.post("/{story_id}/publish", status_code=202)
-async def publish(story_id: int, body: PublishRequest, caller: EditorDep) -> JSONResponse:
-    """Publish, schedule or republish a story; 202 with the story and the event announced."""
+@router.post("/{story_id}/publish", status_code=202, responses=error_responses(400, 413))
+async def publish(story_id: IdPath, body: PublishRequest, caller: EditorDep) -> JSONResponse:
+    """Publish, schedule or republish a story; 202 with the story and the event announced.
+
+    Role: editor or admin.
+    """
     at = parse_at(body.at)
     view = await run_in_threadpool(_publish, story_id, body, at, caller.actor)
     return JSONResponse(view, status_code=202)
@@ -182,9 +190,12 @@ def _publish(story_id: int, body: PublishRequest, at: datetime | None, actor: st
     return {**view, "event": event, "status_url": f"/v1/stories/{story_id}"}
 
 
-@router.post("/{story_id}/unpublish", status_code=202)
-def unpublish(story_id: int, body: UnpublishRequest, caller: EditorDep) -> JSONResponse:
-    """Take a story down from every page, feed and partner (a second time changes nothing)."""
+@router.post("/{story_id}/unpublish", status_code=202, responses=error_responses(400, 413))
+def unpublish(story_id: IdPath, body: UnpublishRequest, caller: EditorDep) -> JSONResponse:
+    """Take a story down from every page, feed and partner (a second time changes nothing).
+
+    Role: editor or admin.
+    """
     with _writing(story_id) as session:
         outcome = service.unpublish_story(
             session, story_id=story_id, reason=body.reason, actor=caller.actor,

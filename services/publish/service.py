@@ -31,7 +31,7 @@ from shared.stories import (
     set_labels,
     set_tags,
 )
-from shared.text import clean_headline, clean_text, html_to_text, sanitize_html, slugify
+from shared.text import MarkupTooDeep, clean_headline, clean_text, html_to_text, sanitize_html, slugify
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,10 @@ def _clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
                 raise Unprocessable("headline: must not be empty")
             clean[name] = clean_headline(value)
         elif name == "body_html":
-            body = sanitize_html(value or "")
+            try:
+                body = sanitize_html(value or "")
+            except MarkupTooDeep as error:
+                raise Unprocessable(f"body_html: {error}") from None
             if not html_to_text(body).strip():
                 raise Unprocessable("body_html: must not be empty")
             clean[name] = body

@@ -5,27 +5,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
-from urllib.parse import quote
+from functools import cache as cache_function
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.syndicate import service
+from services.syndicate import pages, service, site
 from services.syndicate.feeds import MEDIA_TYPES
 from services.syndicate.partners import DELIVERY_STATUSES
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.errors import NotFound, Unprocessable
+from shared.guards import with_security_headers
 from shared.models import Delivery, Partner
 from shared.redis import redis_url
-from shared.web import AdminDep
+from shared.web import MAX_ID, AdminDep, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,18 @@ CACHE_CONTROL = "public, max-age=30, stale-while-revalidate=30"
 # Copies of stored feeds live in the API process; the renderer announces every change, and
 # this bounds how long a copy can outlive a missed announcement.
 CACHE_MAX_AGE = 30.0
+# Pages kept in memory per API process at most (each story has one).
+CACHE_ENTRIES = 4096
+# A 404 may become a page soon (a story about to be published).
+NOT_FOUND_CACHE_CONTROL = "public, max-age=10"
+# An older page changes only when a story in it is unpublished or edited.
+OLDER_CACHE_CONTROL = "public, max-age=60, stale-while-revalidate=60"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class _Served:
-    """A stored feed ready to answer with: its bytes and the raw headers of a 200 and a 304."""
+    """A stored document ready to answer with: its bytes and the raw headers of a 200 and a 304."""
 
     body: bytes
     etag: str
@@ -48,6 +59,7 @@ class _Served:
     ok_headers: list[tuple[bytes, bytes]]
     not_modified_headers: list[tuple[bytes, bytes]]
     loaded_at: float
+    status: int = 200
 
 
 def _served(stored: service.StoredFeed) -> _Served:
@@ -63,18 +75,44 @@ def _served(stored: service.StoredFeed) -> _Served:
     ]
     ok = [(b"content-type", MEDIA_TYPES[stored.format].encode()),
           (b"content-length", str(len(stored.body)).encode()), *validators]  # fmt: skip
-    return _Served(stored.body, stored.etag, last_modified, ok, validators, time.monotonic())
+    # With the security headers already in, so that the hottest path does not add them per request.
+    return _Served(stored.body, stored.etag, last_modified, with_security_headers(ok),
+                   with_security_headers(validators), time.monotonic())  # fmt: skip
+
+
+HTML = "text/html; charset=utf-8"
+XML = "application/xml; charset=utf-8"
+_PAGE_HEADERS = [(name.lower().encode(), value.encode()) for name, value in pages.SECURITY_HEADERS.items()]
+
+
+def _page(body: bytes, etag: str, last_modified: datetime, *, media_type: str = HTML,
+          cache_control: str = CACHE_CONTROL, status: int = 200) -> _Served:  # fmt: skip
+    """A page ready to answer with."""
+    modified = format_datetime(last_modified.astimezone(UTC), usegmt=True)
+    validators = [(b"etag", etag.encode()), (b"last-modified", modified.encode()),
+                  (b"cache-control", cache_control.encode())]  # fmt: skip
+    extra = _PAGE_HEADERS if media_type == HTML else [(b"x-content-type-options", b"nosniff")]
+    if status != 200:  # an error page has no validators to revalidate with
+        validators = [(b"cache-control", cache_control.encode())]
+    ok = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode()),
+          *validators, *extra]  # fmt: skip
+    return _Served(body, etag, modified, ok, [*validators, *extra], time.monotonic(), status)
 
 
 class FeedCache:
-    """Stored feeds kept in memory, dropped when the renderer announces that one changed.
+    """Stored feeds and pages kept in memory, dropped when the renderer announces a change.
 
     Copies are used only while the announcement channel is subscribed; a copy loaded
-    before an announcement arrived (the generation moved on) is not kept.
+    before an announcement arrived (the generation moved on) is not kept. Feeds are keyed
+    by their path under /feeds/ (``all.atom``), pages by their path (``/``, ``/stories/…``);
+    story pages are many, so only the most recently read are kept.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Served] = {}
+        self._entries: OrderedDict[str, _Served] = OrderedDict()
+        # What story pages are put together from: their stored part, and the "More news" list.
+        self._parts: OrderedDict[str, site.StoredPage] = OrderedDict()
+        self._more_news: tuple[site.StoredPage, list[pages.Piece]] | None = None
         self._lock = threading.Lock()
         self._generation = 0
         self._listening = False
@@ -95,17 +133,51 @@ class FeedCache:
         with self._lock:
             if self._listening and generation == self._generation:
                 self._entries[path] = served
+                if len(self._entries) > CACHE_ENTRIES:
+                    self._entries.popitem(last=False)
 
-    def drop(self, name: str) -> None:
+    def part(self, path: str) -> site.StoredPage | None:
+        return self._parts.get(path)
+
+    def put_part(self, page: site.StoredPage, *, generation: int) -> None:
+        with self._lock:
+            if self._listening and generation == self._generation:
+                self._parts[page.path] = page
+                if len(self._parts) > CACHE_ENTRIES:
+                    self._parts.popitem(last=False)
+
+    @property
+    def more_news(self) -> tuple[site.StoredPage, list[pages.Piece]] | None:
+        return self._more_news
+
+    def put_more_news(self, value: tuple[site.StoredPage, list[pages.Piece]], *, generation: int) -> None:
+        with self._lock:
+            if self._listening and generation == self._generation:
+                self._more_news = value
+
+    def drop(self, *names: str) -> None:
+        """Forget the copies of these feeds and pages (all at once: they were stored together)."""
         with self._lock:
             self._generation += 1
-            for path in [path for path in self._entries if path.rpartition(".")[0] == name]:
-                del self._entries[path]
+            for name in names:
+                if name.startswith(service.PAGE_PREFIX):
+                    path = name[len(service.PAGE_PREFIX) :]
+                    self._entries.pop(path, None)
+                    self._parts.pop(path, None)
+                    if path == site.MORE_NEWS:
+                        self._more_news = None
+                        for key in [key for key in self._entries if key.startswith(site.STORIES)]:
+                            del self._entries[key]
+                else:
+                    for path in [path for path in self._entries if path.rpartition(".")[0] == name]:
+                        del self._entries[path]
 
     def _reset(self, *, listening: bool) -> None:
         with self._lock:
             self._generation += 1
             self._entries.clear()
+            self._parts.clear()
+            self._more_news = None
             self._listening = listening
 
     def _listen(self) -> None:
@@ -122,7 +194,7 @@ class FeedCache:
                         message = pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
                         if message and message.get("type") == "message":
                             data = message["data"]
-                            self.drop(data.decode() if isinstance(data, bytes) else str(data))
+                            self.drop(*(data.decode() if isinstance(data, bytes) else str(data)).split("\n"))
             except Exception as error:
                 if self._listening:
                     log.info("feed cache: change announcements lost (%s); serving from the database",
@@ -158,20 +230,20 @@ def not_modified(if_none_match: str | None, if_modified_since: str | None, *, et
 
 
 async def _answer(scope: Scope, send: Send, served: _Served) -> None:
-    """Send a stored feed, or 304 when the request's validators match it."""
+    """Send a stored feed or page, or 304 when the request's validators match it."""
     if_none_match = if_modified_since = None
     for name, value in scope["headers"]:
         if name == b"if-none-match":
             if_none_match = value.decode("latin-1")
         elif name == b"if-modified-since":
             if_modified_since = value.decode("latin-1")
-    if (if_none_match is not None or if_modified_since is not None) and not_modified(
-        if_none_match, if_modified_since, etag=served.etag, last_modified=served.last_modified
-    ):
+    if (served.status == 200 and (if_none_match is not None or if_modified_since is not None)
+            and not_modified(if_none_match, if_modified_since, etag=served.etag,
+                             last_modified=served.last_modified)):  # fmt: skip
         await send({"type": "http.response.start", "status": 304, "headers": served.not_modified_headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    await send({"type": "http.response.start", "status": 200, "headers": served.ok_headers})
+    await send({"type": "http.response.start", "status": served.status, "headers": served.ok_headers})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else served.body})
 
 
@@ -205,25 +277,136 @@ class FeedEndpoint:
         return served
 
 
-class FeedFastPath:
-    """ASGI middleware: a feed already held in memory is answered before the app's routing.
+@cache_function
+def _not_found(site_url: str, site_title: str) -> _Served:
+    body = pages.render_not_found(settings=get_settings()).encode()
+    return _page(body, site.etag_of(body), _EPOCH, cache_control=NOT_FOUND_CACHE_CONTROL, status=404)
 
-    Everything else, a feed not in memory included, goes through the app as usual (where
-    ``FeedEndpoint`` loads it); the stored bytes and headers are the same either way.
+
+def _not_found_page() -> _Served:
+    settings = get_settings()
+    # Kept in memory for a gone story's page like the page was: from now.
+    return replace(_not_found(settings.site_url, settings.site_title), loaded_at=time.monotonic())
+
+
+class PageEndpoint:
+    """GET/HEAD of a reader page: ``/``, ``/stories/{slug}``, ``/tags/{slug}``,
+    ``/authors/{slug}``, ``/sections/{slug}`` and ``/sitemaps/news.xml``.
+
+    The stored page (a story page with the stored "More news" list put in) is kept in memory
+    like a feed; an older page of a list (``?before=``) is rendered on request.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        cache = _cache(scope["app"])
+        raw_query = scope.get("query_string", b"")
+        if b"before=" in raw_query:
+            served = await run_in_threadpool(_older_page, path, raw_query.decode("latin-1"))
+        else:
+            served = cache.get(path) or await self._load(cache, path)
+        await _answer(scope, send, served)
+
+    @staticmethod
+    async def _load(cache: FeedCache, path: str) -> _Served:
+        generation = cache.generation
+        if path.startswith(site.STORIES):
+            found = await _story_page(cache, path, generation)
+        else:
+            stored = await run_in_threadpool(service.load_page, path)
+            found = None if stored is None else _stored_page(stored)
+        if found is None:  # no page was ever stored at this address: nothing to keep
+            return _not_found_page()
+        cache.put(path, found, generation=generation)
+        return found
+
+
+def _stored_page(stored: site.StoredPage) -> _Served:
+    if stored.body is None or stored.etag is None or stored.last_modified is None:
+        return _not_found_page()
+    media_type = XML if stored.path == site.SITEMAP else HTML
+    return _page(stored.body, stored.etag, stored.last_modified, media_type=media_type)
+
+
+async def _story_page(cache: FeedCache, path: str, generation: int) -> _Served | None:
+    """A story page: its stored part with the stored "More news" list in its slot (a 404 when
+    its story is no longer published; None when it never had a page)."""
+    part = cache.part(path)
+    if part is None:
+        part = await run_in_threadpool(service.load_page, path)
+        if part is None:
+            return None
+        cache.put_part(part, generation=generation)
+    if part.body is None or part.etag is None or part.last_modified is None:
+        return _not_found_page()
+    more = cache.more_news
+    if more is None:
+        stored = await run_in_threadpool(service.load_page, site.MORE_NEWS)
+        if stored is None or stored.body is None:
+            return _stored_page(part)
+        more = (stored, pages.pieces_from_json(stored.body))
+        cache.put_more_news(more, generation=generation)
+    body = pages.fill_story_page(part.body, more[1], part.story_id or 0)
+    last_modified = max(part.last_modified, more[0].last_modified or part.last_modified)
+    return _page(body, site.etag_of(body), last_modified)
+
+
+def _older_page(path: str, raw_query: str) -> _Served:
+    """An older page of the front page or of a tag, author or section, rendered now."""
+    settings = get_settings()
+    try:
+        # Bounded parsing: an address of ours has two fields.
+        query = parse_qs(raw_query[:200], max_num_fields=4)
+        if path == site.SITEMAP or path.startswith(site.STORIES):
+            raise site.BadPageKey("This page has no older pages.")
+        before = site.parse_page_key(query["before"][0])
+        page = int(query.get("page", ["2"])[0])
+        if not 2 <= page <= site.MAX_PAGES:
+            raise site.BadPageKey(f"Pages go from 2 to {site.MAX_PAGES}.")
+    except (site.BadPageKey, ValueError, KeyError) as error:
+        reason = str(error) if isinstance(error, site.BadPageKey) else "This address is not one of ours."
+        body = pages.render_bad_request(reason, settings=settings).encode()
+        return _page(body, site.etag_of(body), _EPOCH, cache_control=NOT_FOUND_CACHE_CONTROL, status=400)
+    with session_scope(read_only=True) as session:
+        if path == site.FRONT:
+            front = site.render_front(session, settings=settings, before=before, page=page)
+            rendered: bytes | None = front[0]
+        else:
+            key = service.list_key(path)
+            rendered = None if key is None else site.render_list(session, key, settings=settings,
+                                                                 before=before, page=page)  # fmt: skip
+    if rendered is None or (path == site.FRONT and b'class="news-item"' not in rendered):
+        return _not_found_page()
+    return _page(rendered, site.etag_of(rendered), before[0], cache_control=OLDER_CACHE_CONTROL)
+
+
+class FeedFastPath:
+    """ASGI middleware: a feed or page already held in memory is answered before the app's
+    routing.
+
+    Everything else, a feed or page not in memory included, goes through the app as usual
+    (where ``FeedEndpoint`` and ``PageEndpoint`` load it); the stored bytes and headers are
+    the same either way.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"].startswith(FEEDS):
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             cache: FeedCache | None = (
                 getattr(scope["app"].state, "feed_cache", None) if "app" in scope else None
             )
-            served = cache.get(scope["path"][len(FEEDS) :]) if cache is not None else None
-            if served is not None:
-                await _answer(scope, send, served)
-                return
+            if cache is not None:
+                path: str = scope["path"]
+                served: _Served | None
+                if path.startswith(FEEDS):
+                    served = cache.get(path[len(FEEDS) :])
+                else:
+                    served = None if scope.get("query_string") else cache.get(path)
+                if served is not None:
+                    await _answer(scope, send, served)
+                    return
         await self.app(scope, receive, send)
 
 
@@ -231,15 +414,23 @@ FEEDS = "/feeds/"
 router.routes.append(
     Route("/feeds/{name:path}", FeedEndpoint(), methods=["GET", "HEAD"], include_in_schema=False)
 )
+for _path in ("/", "/stories/{slug}", "/tags/{slug}", "/authors/{slug}", "/sections/{slug}", site.SITEMAP):
+    router.routes.append(Route(_path, PageEndpoint(), methods=["GET", "HEAD"], include_in_schema=False))
 
 
-@router.get("/sitemaps/news.xml")
-def news_sitemap() -> Response:
-    """Stories published in the last 48 hours, as a Google News sitemap."""
-    with session_scope(read_only=True) as session:
-        body = service.sitemap(session)
-    return Response(body, media_type="application/xml; charset=utf-8",
-                    headers={"Cache-Control": "public, max-age=60"})  # fmt: skip
+@router.get("/static/site.css", include_in_schema=False)
+async def stylesheet(v: str | None = None) -> Response:
+    """The site's stylesheet (the only one the CSP allows)."""
+    # Only the hashed URL the pages link to may be cached for good; a bare one may change.
+    versioned = v is not None and pages.stylesheet_href().endswith(f"?v={v}")
+    return Response(
+        pages.stylesheet(),
+        media_type="text/css; charset=utf-8",
+        headers={
+            "Cache-Control": "public, max-age=31536000, immutable" if versioned else "public, max-age=300",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def delivery_view(delivery: Delivery, partner: str) -> dict[str, Any]:
@@ -278,10 +469,11 @@ def list_deliveries(
         return [delivery_view(delivery, name) for delivery, name in session.execute(query)]
 
 
-@router.get("/v1/deliveries")
+@router.get("/v1/deliveries", responses=error_responses(401, 403, 422, 429))
 def get_deliveries(
-    caller: AdminDep, partner: str | None = None, status: str | None = None, story: int | None = None,
+    caller: AdminDep, partner: str | None = None, status: str | None = None,
+    story: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: int = 100,
 ) -> dict[str, Any]:  # fmt: skip
-    """Deliveries, newest first, by partner, status and story (admins)."""
+    """Deliveries, newest first, by partner, status and story. Role: admin."""
     return {"deliveries": list_deliveries(partner=partner, status=status, story_id=story, limit=limit)}

@@ -11,6 +11,10 @@ render that saw its last change is stored, and the scheduler's sweep starts a ro
 any feed stays dirty, so a lost message or a dead worker delays a feed but never loses a
 change. Redis holds only the timing (when the last round began, whether one is scheduled,
 the change rate) and a lock per feed.
+
+Reader pages are rendered in the same rounds (``site.py``): the front page with ``all``, the
+page of a tag, author or section with its feed, in one transaction; story pages and the news
+sitemap, flagged when their stories change, at the start of each round.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.syndicate import pages, site
 from services.syndicate.feeds import (
     FEED_FORMATS,
     ITEM_KEY_COLUMNS,
@@ -41,7 +46,6 @@ from services.syndicate.feeds import (
     parse_feed_name,
     render_feed,
     render_items,
-    render_news_sitemap,
     section_slug,
 )
 from shared import tasknames
@@ -58,6 +62,9 @@ log = logging.getLogger(__name__)
 RENDER_LOCK = "newsroom:lock:feed"
 # Set while a render round is scheduled; whoever sets it schedules the round.
 ROUND_PENDING = "newsroom:feeds:round-pending"
+# A lock on the story pages and the sitemap: one round renders them at a time.
+PAGES_LOCK = "newsroom:lock:pages"
+PAGES_LOCK_WAIT = 2.0
 # Set while a round for feeds waiting out their FEED_INTERVAL is scheduled.
 LATER_PENDING = "newsroom:feeds:later-pending"
 # When the last round began (unix seconds).
@@ -89,7 +96,6 @@ ROUND_BUDGET = 0.1
 # at most this often, so that a story's section, tags, author and labels do not multiply
 # the renders of a busy hour.
 FEED_INTERVAL = 1.0
-SITEMAP_WINDOW = timedelta(hours=48)
 
 
 def keys_from_membership(membership: dict[str, Any]) -> list[FeedKey]:
@@ -131,14 +137,14 @@ def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list
     keys: list[FeedKey] = []
     for change in changes:
         keys += keys_from_membership(change.get("previous") or {})
+    story_pages: list[str] = []
     if ids:
         # What puts each story in feeds now, read as columns (no whole stories to load).
-        now: dict[int, dict[str, Any]] = {
-            row.id: {"section": row.section, "author": row.author_slug, "tags": [], "labels": []}
-            for row in session.execute(
-                select(Story.id, Story.section, Story.author_slug).where(Story.id.in_(ids))
-            )
-        }
+        now: dict[int, dict[str, Any]] = {}
+        for row in session.execute(select(Story.id, Story.slug, Story.section, Story.author_slug)
+                                   .where(Story.id.in_(ids))):  # fmt: skip
+            now[row.id] = {"section": row.section, "author": row.author_slug, "tags": [], "labels": []}
+            story_pages.append(story_page_path(row.slug))
         for story_id, slug in session.execute(
             select(StoryTag.story_id, StoryTag.slug).where(StoryTag.story_id.in_(ids))
         ):
@@ -149,7 +155,14 @@ def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list
             now[story_id]["labels"].append(label)
         for membership in now.values():
             keys += keys_from_membership(membership)
+    # Each story's own page, and the sitemap that lists the last two days' stories.
+    site.flag_pages(session, [*story_pages, site.SITEMAP] if story_pages else [])
     return mark_dirty(session, keys)
+
+
+def story_page_path(slug: str) -> str:
+    """The path of a story's page, as stored (and as a request's decoded path reads)."""
+    return f"{site.STORIES}{slug}"
 
 
 def stories_for(session: Session, key: FeedKey, *, limit: int) -> list[Story]:
@@ -174,17 +187,7 @@ def items_for(session: Session, key: FeedKey, *, limit: int) -> tuple[list[Item]
 
 
 def _feed_query(key: FeedKey, query: Any, *, limit: int) -> Any:
-    query = query.where(Story.status == "published")
-    if key.kind == "section":
-        # Ingest and publish store sections as slugs: the (section, published_at) index answers.
-        query = query.where(Story.section == key.value)
-    elif key.kind == "author":
-        query = query.where(Story.author_slug == key.value)
-    elif key.kind == "tag":
-        query = query.join(StoryTag, StoryTag.story_id == Story.id).where(StoryTag.slug == key.value)
-    elif key.kind == "label":
-        query = query.join(StoryLabel, StoryLabel.story_id == Story.id).where(StoryLabel.label == key.value)
-    return query.order_by(Story.published_at.desc(), Story.id.desc()).limit(limit)
+    return site.in_feed(query, key).order_by(Story.published_at.desc(), Story.id.desc()).limit(limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +232,12 @@ def store_documents(
         values = {"body": feed.body, "etag": feed.etag, "last_modified": last_modified,
                   "rendered_at": snapshot}  # fmt: skip
         if row is None:
-            session.execute(insert(FeedDocument).values(key=key.name, format=fmt, **values))
+            # A feed first stored by two renders at once (a round and a reader's request): the
+            # later read wins.
+            statement = _insert(session)(FeedDocument).values(key=key.name, format=fmt, **values)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=["key", "format"], set_=values, where=FeedDocument.rendered_at <= snapshot
+            ))  # fmt: skip
         else:
             where = (FeedDocument.key == key.name, FeedDocument.format == fmt)
             session.execute(update(FeedDocument).where(*where).values(values))
@@ -255,12 +263,15 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
     with session_scope(read_only=True) as session:
         previous_render = session.scalar(select(Feed.rendered_at).where(Feed.key == name))
         items, moments = items_for(session, key, limit=settings.feed_size)
+        # The pages showing this feed's stories, read after it: never behind it.
+        page_bodies = _list_pages(session, key, settings=settings)
     rendered = render_item_documents(key, items)
     fresh = [moment for moment in moments if moment > previous_render] if previous_render else []
     if key.kind != "all":
         fresh = []
     with session_scope() as session:
         changed = store_documents(session, key, rendered, snapshot=snapshot)
+        changed_pages = site.store_pages(session, page_bodies, snapshot=snapshot)
         session.execute(
             _insert(session)(Feed).values(key=name, renders=0).on_conflict_do_nothing(index_elements=["key"])
         )
@@ -272,12 +283,26 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
         if changed and settings.hubs:
             urls = [feed_url(key, fmt, settings=settings) for fmt in formats]  # type: ignore[arg-type]
             emit(session, tasknames.PING_HUBS, {"urls": urls})
-        if changed:
-            after_commit(session, lambda: _announce_stored(name))
+        announced = ([name] if changed else []) + [PAGE_PREFIX + path for path in changed_pages]
+        if announced:
+            after_commit(session, lambda: _announce_stored(*announced))
     if changed:
         _observe_latency(fresh, stored_at=utcnow())
-    log.info("feed %s rendered from %d stories; changed: %s", name, len(items), ",".join(formats) or "none")
+    log.info("feed %s rendered from %d stories; changed: %s", name, len(items),
+             ",".join([*formats, *changed_pages]) or "none")  # fmt: skip
     return formats
+
+
+def _list_pages(session: Session, key: FeedKey, *, settings: Any) -> dict[str, site.Rendered]:
+    """The pages rendered with a feed: for ``all`` the front page and the "More news" list,
+    for a tag, author or section its page (no body: nothing published there)."""
+    if key.kind == "all":
+        front, more_news = site.render_front(session, settings=settings)
+        return {site.FRONT: (front, None), site.MORE_NEWS: (more_news, None)}
+    path = site.list_page_path(key)
+    if path is None:
+        return {}
+    return {path: (site.render_list(session, key, settings=settings), None)}
 
 
 def _observe_latency(changes: list[datetime], *, stored_at: datetime) -> None:
@@ -287,11 +312,17 @@ def _observe_latency(changes: list[datetime], *, stored_at: datetime) -> None:
         log.warning("publish-to-feed latency not recorded: %s", error)
 
 
-def _announce_stored(name: str) -> None:
+# Announced names of pages start with this (feeds' names never do).
+PAGE_PREFIX = "page:"
+
+
+def _announce_stored(*names: str) -> None:
+    """Tell the API processes which feeds and pages changed, in one message (so that a reader
+    who sees a story in a feed sees it on the pages stored with it)."""
     try:
-        get_redis().publish(FEEDS_CHANNEL, name)
+        get_redis().publish(FEEDS_CHANNEL, "\n".join(names))
     except Exception as error:  # readers' copies expire on their own
-        log.warning("feed %s: change not announced to the API: %s", name, error)
+        log.warning("%s: change not announced to the API: %s", ", ".join(names[:5]), error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,19 +433,22 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
     that in a long burst every feed takes its turn while ``all`` stays fresh; a feed other
     than ``all`` waits until ``FEED_INTERVAL`` has passed since its last render.
     """
+    # Story pages first: the lists rendered next link to them. Their own budget: `all` is
+    # rendered in every round, however many pages wait.
+    pages_rendered, left_in = render_dirty_pages(budget=budget)
     started = time.monotonic()
+    rendered = 0
     with session_scope(read_only=True) as session:
-        dirty = list(session.execute(
+        dirty = [(row.key, row.dirty_at, row.rendered_at) for row in session.execute(
             select(Feed.key, Feed.dirty_at, Feed.rendered_at).where(Feed.dirty_at.is_not(None))
             .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key).limit(limit)
-        ).tuples())  # fmt: skip
+        )]  # fmt: skip
     dirty.sort(key=lambda row: row[0] != "all")
     redis = get_redis()
     now = utcnow()
-    rendered, left_in = 0, None
     for name, seen, last in dirty:
         if rendered and time.monotonic() - started > budget:
-            return rendered, 0.0
+            return pages_rendered + rendered, 0.0
         due_in = 0.0 if name == "all" or last is None else FEED_INTERVAL - (now - last).total_seconds()
         if due_in > 0:
             left_in = due_in if left_in is None else min(left_in, due_in)
@@ -433,7 +467,75 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
                 lock.release()
             except Exception:  # it timed out; the dirty flag keeps the work
                 log.warning("feed %s: render lock expired before release", name)
-    return rendered, left_in
+    return pages_rendered + rendered, left_in
+
+
+def render_dirty_pages(
+    *, limit: int = site.STORY_PAGES_PER_ROUND, budget: float = ROUND_BUDGET
+) -> tuple[int, float | None]:
+    """Render the flagged story pages (a story no longer published: its page is gone) and the
+    sitemap (at most once per ``SITEMAP_INTERVAL``); stored in one transaction.
+
+    Returns how many pages were rendered, and in how many seconds the pages left over are
+    due (None when none are).
+    """
+    redis = get_redis()
+    lock = redis.lock(PAGES_LOCK, timeout=RENDER_LOCK_TIMEOUT)
+    # A round rendering pages elsewhere is waited for (briefly): the lists this round renders
+    # next then link to pages already stored.
+    if not lock.acquire(blocking=True, blocking_timeout=PAGES_LOCK_WAIT):
+        return 0, 0.0
+    try:
+        return _render_dirty_pages(limit, budget)
+    except Exception:  # the flags stay set: the next round tries again
+        log.exception("pages: render failed")
+        return 0, 0.0
+    finally:
+        try:
+            lock.release()
+        except Exception:
+            log.warning("pages: render lock expired before release")
+
+
+def _render_dirty_pages(limit: int, budget: float) -> tuple[int, float | None]:
+    settings = get_settings()
+    snapshot = utcnow()
+    started = time.monotonic()
+    rendered: dict[str, site.Rendered] = {}
+    answered: list[tuple[str, datetime]] = []
+    left_in: float | None = None
+    with session_scope(read_only=True) as session:
+        dirty = site.dirty_pages(session, limit=limit + 1)
+        if len(dirty) > limit:
+            dirty, left_in = dirty[:limit], 0.0
+        # The stories of these pages in one query (their tags and labels in one more each).
+        stories = site.published_stories(
+            session, [path[len(site.STORIES) :] for path, _, _ in dirty if path.startswith(site.STORIES)]
+        )
+        for path, mark, last in dirty:
+            if answered and time.monotonic() - started > budget:
+                left_in = 0.0  # the rest in the next round
+                break
+            if path == site.SITEMAP:
+                due_in = 0.0 if last is None else site.SITEMAP_INTERVAL - (snapshot - last).total_seconds()
+                if due_in > 0:
+                    left_in = due_in if left_in is None else min(left_in, due_in)
+                    continue
+                rendered[path] = (site.render_sitemap(session, settings=settings), None)
+            elif path.startswith(site.STORIES):
+                story = stories.get(path[len(site.STORIES) :])
+                rendered[path] = (None, None) if story is None else site.story_page(story, settings=settings)
+            answered.append((path, mark))
+    if not answered:
+        return 0, left_in
+    with session_scope() as session:
+        changed = site.store_pages(session, rendered, snapshot=snapshot)
+        site.clear_flags(session, answered)
+        if changed:
+            names = [PAGE_PREFIX + path for path in changed]
+            after_commit(session, lambda: _announce_stored(*names))
+    log.info("pages rendered: %d; changed: %s", len(answered), ", ".join(changed[:20]) or "none")
+    return len(answered), left_in
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,14 +583,65 @@ def load_document(name: str, fmt: str) -> StoredFeed | None:
         return stored_document(session, key.name, fmt)
 
 
-def sitemap(session: Session, *, now: datetime | None = None) -> bytes:
-    """The Google News sitemap: stories published in the last 48 hours."""
-    now = now or utcnow()
-    stories = session.scalars(
-        select(Story).where(Story.status == "published", Story.published_at >= now - SITEMAP_WINDOW)
-        .order_by(Story.published_at.desc(), Story.id.desc()).limit(1000)
-    ).all()  # fmt: skip
-    return render_news_sitemap(stories, settings=get_settings())
+def load_page(path: str) -> site.StoredPage | None:
+    """A stored page: ``/``, the "More news" list, the sitemap, or the page of a tag, author
+    or section (rendered now with its feed if it never was) or of a story (rendered now if it
+    is published and was not yet). None: no such page."""
+    with session_scope(read_only=True) as session:
+        stored = site.stored_page(session, path)
+    if stored is not None and not (path == site.SITEMAP and _aged(stored)):
+        return stored
+    if path in (site.FRONT, site.MORE_NEWS):
+        render_feed_now("all", seen=None)
+    elif path == site.SITEMAP or path.startswith(site.STORIES):
+        settings = get_settings()
+        snapshot = utcnow()
+        with session_scope(read_only=True) as session:
+            if path == site.SITEMAP:
+                rendered: dict[str, site.Rendered] = {
+                    path: (site.render_sitemap(session, settings=settings), None)
+                }
+            else:
+                page = site.render_story(session, path[len(site.STORIES) :], settings=settings)
+                if page is None:  # no page is stored for a story that is not published
+                    return None
+                rendered = {path: (page[1], page[0])}
+        with session_scope() as session:
+            changed = site.store_pages(session, rendered, snapshot=snapshot)
+            if changed:
+                after_commit(session, lambda: _announce_stored(*(PAGE_PREFIX + p for p in changed)))
+    else:
+        key = list_key(path)
+        if key is None:
+            return None
+        with session_scope(read_only=True) as session:
+            if not stories_for(session, key, limit=1):
+                return None
+        render_feed_now(key.name, seen=None)
+    with session_scope(read_only=True) as session:
+        return site.stored_page(session, path)
+
+
+def _aged(page: site.StoredPage) -> bool:
+    """Whether a stored sitemap may list stories older than its window by now."""
+    return page.rendered_at is None or utcnow() - page.rendered_at > site.SITEMAP_REFRESH
+
+
+def list_key(path: str) -> FeedKey | None:
+    for kind in site.PAGE_KINDS:
+        prefix = pages.LIST_PATHS[kind]
+        if path.startswith(prefix):
+            key = parse_feed_name(f"{kind}/{path[len(prefix) :]}")
+            return key if key is not None and site.list_page_path(key) == path else None
+    return None
+
+
+def sitemap(session: Session) -> bytes:
+    """The Google News sitemap as stored (rendered now if it never was)."""
+    stored = site.stored_page(session, site.SITEMAP)
+    if stored is not None and stored.body is not None:
+        return stored.body
+    return site.render_sitemap(session, settings=get_settings())
 
 
 def export_feeds(directory: Path) -> list[Path]:

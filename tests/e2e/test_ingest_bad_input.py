@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from services.ingest.parsers.base import MAX_HEADLINE, MAX_ITEMS, MAX_NESTING
 from services.ingest.service import retry_receipt
 from shared.config import reset_settings
 from shared.db import session_scope
@@ -268,3 +269,42 @@ def test_overlong_guid_is_refused_not_a_database_error(pipeline: Pipeline, wire:
     receipt = pipeline.wait_receipt(answer.json()["receipt"], headers)
     assert [i["outcome"] for i in receipt["items"]] == ["rejected", "created"]
     assert receipt["items"][0]["error"].endswith("[guid]: guid is longer than 500 characters")
+
+
+def test_posts_over_a_limit_are_422_and_kept(pipeline: Pipeline, wire: Any) -> None:
+    many = json.dumps([item(f"urn:many:{n}") for n in range(MAX_ITEMS + 1)]).encode()
+    error = refused(pipeline, wire, many, NINJS, 422)
+    assert (
+        error["detail"] == f"the post has {MAX_ITEMS + 1} items; at most {MAX_ITEMS} are accepted in one post"
+    )
+    deep = b"[" * 5000 + b"]" * 5000
+    assert (
+        refused(pipeline, wire, deep, NINJS, 422)["detail"] == f"JSON nested deeper than {MAX_NESTING} levels"
+    )
+    nested = "<x>" * (MAX_NESTING + 1) + "</x>" * (MAX_NESTING + 1)
+    xml = f'<rss version="2.0"><channel><item><guid>g</guid>{nested}</item></channel></rss>'.encode()
+    assert refused(pipeline, wire, xml, RSS, 422)["detail"] == f"XML nested deeper than {MAX_NESTING} levels"
+    long = json.dumps(item("urn:long-headline", headlines=[{"value": "H" * (MAX_HEADLINE + 1)}])).encode()
+    assert refused(pipeline, wire, long, NINJS, 422)["detail"] == (
+        f"item 0 (urn:long-headline) [headline]: headline is {MAX_HEADLINE + 1} characters long; "
+        f"at most {MAX_HEADLINE} are accepted"
+    )
+    healthy(pipeline, wire)
+
+
+@pytest.mark.parametrize(("motif", "kib"), [("<a", 78), ("<!--", 39), ("<!--", 78), ("<!--", 156)])
+def test_the_hostile_posts_of_issue_11_are_answered_and_processed(
+    pipeline: Pipeline, wire: Any, motif: str, kib: int
+) -> None:
+    # Once quadratic (21 s for the 78 KB one): the answer and the worker's parse are linear.
+    name, headers = wire
+    hostile = motif * (kib * 1024 // 2 // len(motif))
+    post = {"uri": f"urn:hostile:{os.urandom(4).hex()}", "headlines": [{"value": "Hostile"}],
+            "bodies": [{"value": hostile}]}  # fmt: skip
+    answer = pipeline.client.post(f"/v1/wire/{name}", json=post, headers=headers)
+    assert answer.status_code == 202, answer.text
+    receipt = pipeline.wait_receipt(answer.json()["receipt"], headers)
+    assert [i["outcome"] for i in receipt["items"]] == ["created"]
+    post["headlines"] = [{"value": hostile, "contenttype": "text/html"}]  # the issue's own case
+    answer = pipeline.client.post(f"/v1/wire/{name}", json=post, headers=headers)
+    assert answer.status_code in (202, 422), answer.text

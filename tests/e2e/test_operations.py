@@ -46,9 +46,9 @@ def _story(pipeline: Pipeline, name: str, wire: dict[str, str], headline: str) -
     return int(receipt["items"][0]["story_id"])
 
 
-def samples(pipeline: Pipeline) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """The /metrics page parsed: metric sample name -> labels -> value."""
-    answer = pipeline.client.get("/metrics")
+def samples(pipeline: Pipeline, admin: dict[str, str]) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The /metrics page parsed (read with an admin token): metric sample name -> labels -> value."""
+    answer = pipeline.client.get("/metrics", headers=admin)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -83,6 +83,7 @@ def test_readiness_names_the_failed_dependency(newsroom: dict[str, str]) -> None
 def test_metrics_after_a_run(pipeline: Pipeline) -> None:
     name, wire = pipeline.source()
     editor = pipeline.token("editor")
+    admin = pipeline.token("admin")
     server = PartnerServer()
     with session_scope() as session:
         partner = add_partner(
@@ -97,7 +98,7 @@ def test_metrics_after_a_run(pipeline: Pipeline) -> None:
     wait_for(lambda: server.pushes, what="the push")
 
     def counted() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
-        found = samples(pipeline)
+        found = samples(pipeline, admin)
         sent = found.get("newsroom_deliveries_total", {}).get((("partner", partner_name), ("status", "sent")))
         renders = found.get("newsroom_feed_renders_total", {}).get((("feed", "label/breaking"),), 0)
         return found if sent == 1 and renders >= 1 else None

@@ -149,8 +149,8 @@ def test_unpublish_leaves_pages_feeds_and_partners(
 
     killed = desk.unpublish(story_id, reason="Taken down on legal advice")
     assert killed["event"] == "story.killed"
-    assert desk.page(slug)[0] == 404
-    assert f"/stories/{slug}" not in pipeline.client.get("/").text
+    desk.page_when(slug, lambda status, _: status == 404, "the page gone")
+    desk.front_when(lambda html: f"/stories/{slug}" not in html, "the story off the front page")
     wait_for(
         lambda: (
             not any(

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from lxml import etree  # type: ignore[import-untyped]
 
-from tests.helpers.support import LOOPBACK_ALLOW, ROOT, wait_for
+from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, ROOT, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -134,6 +134,7 @@ def newsroom(hubs: list[LoopbackHub], tmp_path_factory: pytest.TempPathFactory) 
         NEWSROOM_LOG_LEVEL="INFO",
         NEWSROOM_OUTBOUND_ALLOW=LOOPBACK_ALLOW,
         NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs),
+        **GENEROUS_LIMITS,
     )
     log_path = data / "up.log"
     with open(log_path, "ab") as log:

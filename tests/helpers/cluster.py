@@ -14,7 +14,7 @@ import httpx
 import redis as redis_lib
 
 from shared.redis import redis_server_binary
-from tests.helpers.support import LOOPBACK_ALLOW, start_newsroom, stop_newsroom, wait_for
+from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, start_newsroom, stop_newsroom, wait_for
 
 
 def free_port() -> int:
@@ -100,6 +100,7 @@ class Cluster:
             "NEWSROOM_PARTNER_TIMEOUT": "2",
             "NEWSROOM_LOG_LEVEL": "INFO",
             "NEWSROOM_OUTBOUND_ALLOW": LOOPBACK_ALLOW,
+            **GENEROUS_LIMITS,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,6 +123,25 @@ class Desk:
         """A story page's status and visible text."""
         answer = self.pipeline.client.get(f"/stories/{slug}")
         return answer.status_code, text_of(answer.text)
+
+    def page_when(self, slug: str, check: Callable[[int, str], bool], what: str) -> tuple[int, str]:
+        """A story page once it shows the last change: pages follow a change in the render
+        round that follows it, as the feeds do."""
+
+        def shown() -> tuple[int, str] | None:
+            status, text = self.page(slug)
+            return (status, text) if check(status, text) else None
+
+        return wait_for(shown, what=what)
+
+    def front_when(self, check: Callable[[str], bool], what: str) -> str:
+        """The front page's HTML once ``check`` holds (it follows changes like the feeds)."""
+
+        def shown() -> str | None:
+            html = self.pipeline.client.get("/").text
+            return html if check(html) else None
+
+        return wait_for(shown, what=what)
 
 
 def row(story_id: int) -> Story:

@@ -48,6 +48,12 @@ def wait_for(
         time.sleep(interval)
 
 
+# The tests and benchmarks post and poll hundreds of times a second from one address and token.
+GENEROUS_LIMITS = {
+    "NEWSROOM_RATE_PUBLIC": "10000000/minute",
+    "NEWSROOM_RATE_WIRE": "10000000/minute",
+}
+
 CLAIM_KEY = "newsroom:test-run"
 
 
@@ -233,16 +239,24 @@ class _Text(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.parts: list[str] = []
+        self.in_script = False
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self.in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_script = False
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self.in_script:
+            self.parts.append(data)
 
 
 def text_of(html: str) -> str:
     """The page's visible text, unescaped, with whitespace collapsed."""
     parser = _Text()
     parser.feed(html)
-    return re.sub(r"\s+", " ", " ".join(parser.parts))
+    return re.sub(r"\s+([,.])", r"\1", re.sub(r"\s+", " ", " ".join(parser.parts)))
 
 
 JSONFEED_VERSION = "https://jsonfeed.org/version/1.1"

@@ -128,7 +128,7 @@ def test_substantive_change_earns_updated_and_a_note(desk: Desk, partner: Tagged
     assert [a for _, a, _, _ in actions(story_id)] == ["ingested", "published", "edited", "updated"]
     assert actions(story_id)[-1][3] == "An earlier version misstated the lede."
 
-    status, text = desk.page(slug)
+    status, text = desk.page_when(slug, lambda _, text: "The corrected lede" in text, "the corrected page")
     assert status == 200
     assert "The corrected lede" in text and "The first lede" not in text
     assert f"Updated {story.headline}" in text  # the label above the headline
@@ -155,7 +155,7 @@ def test_labels_and_tags_are_not_substantive(desk: Desk) -> None:
     assert labelled["event"] == "story.updated"
     assert labelled["labels"] == ["breaking", "exclusive"]
     assert labelled["updated_at"] is None  # a label is not news to readers
-    assert "Breaking" in desk.page(labelled["slug"])[1]
+    desk.page_when(labelled["slug"], lambda _, text: "Breaking" in text, "the labelled page")
 
     desk.patch(story_id, tags=["Kyiv", desk.tag])
     retagged = desk.publish(story_id, labels=[])
@@ -246,8 +246,8 @@ def test_unpublish_then_publish_again(desk: Desk, partner: TaggedPartner) -> Non
     assert killed["event"] == "story.killed"
     assert killed["status"] == "unpublished"
     assert killed["unpublished_at"] is not None
-    assert desk.page(slug)[0] == 404
-    assert f"/stories/{slug}" not in desk.pipeline.client.get("/").text
+    desk.page_when(slug, lambda status, _: status == 404, "the page gone")
+    desk.front_when(lambda html: f"/stories/{slug}" not in html, "the story off the front page")
 
     again = desk.unpublish(story_id, reason="twice")
     assert again["event"] is None
@@ -265,7 +265,7 @@ def test_unpublish_then_publish_again(desk: Desk, partner: TaggedPartner) -> Non
     assert back["unpublished_at"] is None
     assert back["labels"] == ["updated"]
     assert back["updated_at"] is not None
-    assert desk.page(slug)[0] == 200
+    desk.page_when(slug, lambda status, _: status == 200, "the page back")
     assert partner.delivery_events(story_id) == ["story.published", "story.killed", "story.published"]
 
 

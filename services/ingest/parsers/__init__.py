@@ -16,7 +16,18 @@ from typing import Any
 from lxml import etree  # type: ignore[import-untyped]
 
 from services.ingest.parsers import column, feeds, newsml, ninjs
-from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem, ParseResult
+from services.ingest.parsers.base import (
+    MAX_HEADLINE,
+    MAX_LEDE,
+    MAX_NESTING,
+    MAX_TAGS,
+    ItemError,
+    MalformedPost,
+    ParsedItem,
+    ParseResult,
+    PostOverLimit,
+    check_item_count,
+)
 
 FORMATS = ("ninjs", "newsml-g2", "rss", "atom", "column")
 
@@ -60,6 +71,25 @@ def _parse(fmt: str, body: bytes, default_tz: tzinfo) -> ParseResult:
     raise MalformedPost(f"<{etree.QName(root).localname}> is not a {fmt} document")
 
 
+def count_items(fmt: str, body: bytes) -> int:
+    """Read a post's structure only (form, nesting, item count), not its items; raises MalformedPost."""
+    if fmt in ("ninjs", "column"):
+        document = load_json(body)
+        count = len(document) if isinstance(document, list) else 1
+    elif fmt in FORMATS:
+        root = load_xml(body)
+        if feeds.is_feed(root):
+            count = feeds.count(root)
+        elif newsml.is_newsml(root):
+            count = newsml.count(root)
+        else:
+            raise MalformedPost(f"<{etree.QName(root).localname}> is not a {fmt} document")
+    else:
+        raise ValueError(f"unknown wire format {fmt!r}")
+    check_item_count(count)
+    return count
+
+
 # The sizes of the stories table's columns (a test keeps them in step with the model):
 # a longer value would fail the whole post on PostgreSQL, or be kept whole on SQLite.
 MAX_GUID = 500
@@ -78,6 +108,13 @@ def fit(result: ParsedItem | ItemError, position: int) -> ParsedItem | ItemError
         return ItemError(
             position, f"guid is longer than {MAX_GUID} characters", guid=result.guid, field="guid"
         )
+    for field, text, limit in (("headline", result.headline, MAX_HEADLINE), ("lede", result.lede, MAX_LEDE)):
+        if text is not None and len(text) > limit:
+            reason = f"{field} is {len(text)} characters long; at most {limit} are accepted"
+            return ItemError(position, reason, guid=result.guid, field=field)
+    if len(result.tags) > MAX_TAGS:
+        reason = f"item has {len(result.tags)} tags; at most {MAX_TAGS} are accepted"
+        return ItemError(position, reason, guid=result.guid, field="tags")
     language = (result.language or "").replace("_", "-")
     return dataclasses.replace(
         result,
@@ -109,13 +146,33 @@ def load_json(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise _invalid_utf8(body, error) from None
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise MalformedPost(error.msg, line=error.lineno, column=error.colno) from None
     except ValueError as error:  # e.g. an integer beyond Python's digit limit
         raise MalformedPost(str(error)) from None
-    except RecursionError:
-        raise MalformedPost("JSON is nested too deeply") from None
+    except RecursionError:  # deeper than the interpreter's limit, far past ours
+        raise _too_deep("JSON") from None
+    if _json_depth(document) > MAX_NESTING:
+        raise _too_deep("JSON")
+    return document
+
+
+def _too_deep(kind: str) -> PostOverLimit:
+    return PostOverLimit(f"{kind} nested deeper than {MAX_NESTING} levels")
+
+
+def _json_depth(document: Any) -> int:
+    """How deeply arrays and objects nest (without recursion), stopping past MAX_NESTING."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending and deepest <= MAX_NESTING:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            children = value.values() if isinstance(value, dict) else value
+            pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 _XML_ENCODING_RE = re.compile(rb"\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
@@ -155,9 +212,14 @@ def load_xml(body: bytes) -> Any:
     try:
         root = etree.fromstring(body, _xml_parser())
     except etree.XMLSyntaxError as error:
+        if error.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "depth" in error.msg.lower():
+            raise _too_deep("XML") from None  # libxml2's own limit (256), past ours
         line, column = error.position
         raise MalformedPost(_POSITION_SUFFIX_RE.sub("", error.msg), line=line, column=column) from None
     dtd = root.getroottree().docinfo.internalDTD
     if dtd is not None and any(True for _ in dtd.iterentities()):
         raise MalformedPost(_NO_ENTITIES)
+    # An element MAX_NESTING + 1 levels down, found by libxml2 level by level (linear, in C).
+    if root.xpath("boolean(" + "/*" * (MAX_NESTING + 1) + ")"):
+        raise _too_deep("XML")
     return root

@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from services.ingest.normalize import ItemRejectedError
+
 PubStatus = Literal["usable", "canceled", "withheld"]
+
+# What a post may hold (README, "What to expect"). Real wires stay far below these; past
+# them a post or an item is refused with the reason (422), before it costs more work.
+MAX_ITEMS = 1000  # items in one post
+MAX_NESTING = 100  # levels of nesting of a JSON or XML document
+MAX_HEADLINE = 500  # characters of a headline
+MAX_LEDE = 3000  # characters of a lede
+MAX_SUBJECTS = 200  # subjects (ninjs, NewsML-G2), categories (RSS, Atom) or tags (columns) of an item
+MAX_TAGS = 50  # tags a story keeps
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,34 @@ class ItemError:
 class MalformedPost(Exception):
     """The post cannot be parsed at all (400); carries the parser's reason and position."""
 
+    status = 400
+    code = "malformed"
+
     def __init__(self, reason: str, *, line: int | None = None, column: int | None = None) -> None:
         self.reason = reason
         self.line = line
         self.column = column
         where = f" (line {line}, column {column})" if line is not None else ""
         super().__init__(f"{reason}{where}")
+
+
+class PostOverLimit(MalformedPost):
+    """The post is well-formed but over a limit of the whole post (422): too many items, too deep."""
+
+    status = 422
+    code = "unprocessable"
+
+
+def check_item_count(count: int) -> None:
+    """Refuse a post with more than MAX_ITEMS items, before any of them is read."""
+    if count > MAX_ITEMS:
+        raise PostOverLimit(f"the post has {count} items; at most {MAX_ITEMS} are accepted in one post")
+
+
+def check_subject_count(count: int, what: str = "subjects") -> None:
+    """Refuse an item with more than MAX_SUBJECTS subjects, categories or tags."""
+    if count > MAX_SUBJECTS:
+        raise ItemRejectedError(f"item has {count} {what}; at most {MAX_SUBJECTS} are accepted", what)
 
 
 ParseResult = list["ParsedItem | ItemError"]

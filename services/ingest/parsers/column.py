@@ -7,6 +7,7 @@ from typing import Any
 
 from services.ingest.normalize import (
     ItemRejectedError,
+    MarkupTooDeep,
     html_to_text,
     optional_text,
     optional_time,
@@ -14,7 +15,13 @@ from services.ingest.normalize import (
     safe_url,
     sanitize_html,
 )
-from services.ingest.parsers.base import ItemError, ParsedItem, ParseResult
+from services.ingest.parsers.base import (
+    ItemError,
+    ParsedItem,
+    ParseResult,
+    check_item_count,
+    check_subject_count,
+)
 
 OPINION = "opinion"
 
@@ -22,6 +29,7 @@ OPINION = "opinion"
 def parse(document: object, *, default_tz: tzinfo) -> ParseResult:
     """Parse a decoded column post (one object, or an array of them) into items."""
     entries = document if isinstance(document, list) else [document]
+    check_item_count(len(entries))
     return [_parse_entry(position, entry, default_tz) for position, entry in enumerate(entries)]
 
 
@@ -35,6 +43,8 @@ def _parse_entry(position: int, entry: object, default_tz: tzinfo) -> ParsedItem
         return _item(entry, guid, default_tz)
     except ItemRejectedError as error:
         return ItemError(position, error.reason, guid=guid, field=error.field)
+    except MarkupTooDeep as error:
+        return ItemError(position, str(error), guid=guid)
 
 
 def _required(value: str | None, field: str) -> str:
@@ -52,6 +62,8 @@ def _item(entry: dict[str, Any], guid: str, default_tz: tzinfo) -> ParsedItem:
     author_name = _required(optional_text(author.get("name")), "author.name")
     written_at = optional_time(entry.get("written_at"), default_tz=default_tz, field="written_at")
     tags = entry.get("tags")
+    if isinstance(tags, list):
+        check_subject_count(len(tags), "tags")
     return ParsedItem(
         guid=guid,
         headline=headline,

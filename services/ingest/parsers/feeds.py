@@ -12,12 +12,12 @@ Picture: the largest image `media:content`, else an image `enclosure` (Atom
 from __future__ import annotations
 
 import mimetypes
-import re
 from datetime import datetime, tzinfo
 from typing import Any
 
 from services.ingest.normalize import (
     ItemRejectedError,
+    MarkupTooDeep,
     html_to_text,
     looks_like_section,
     optional_text,
@@ -28,7 +28,14 @@ from services.ingest.normalize import (
     text_to_html,
     xml_inner_html,
 )
-from services.ingest.parsers.base import ItemError, ParsedItem, ParseResult, Picture
+from services.ingest.parsers.base import (
+    ItemError,
+    ParsedItem,
+    ParseResult,
+    Picture,
+    check_item_count,
+    check_subject_count,
+)
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
@@ -37,7 +44,6 @@ _MEDIA = "{http://search.yahoo.com/mrss/}"
 _XHTML = "{http://www.w3.org/1999/xhtml}"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 _ROOTS = frozenset({"rss", _ATOM + "feed", _ATOM + "entry"})
-_RSS_AUTHOR_NAME_RE = re.compile(r"\(([^()]+)\)\s*$")
 
 
 def is_feed(root: Any) -> bool:
@@ -45,15 +51,24 @@ def is_feed(root: Any) -> bool:
     return root.tag in _ROOTS
 
 
+def _entries(root: Any) -> tuple[Any, list[Any]]:
+    """The channel (RSS) or feed (Atom) and its entries."""
+    if root.tag == "rss":
+        channel = root.find("channel")
+        return channel, [] if channel is None else channel.findall("item")
+    return root, root.findall(_ATOM + "entry") if root.tag == _ATOM + "feed" else [root]
+
+
+def count(root: Any) -> int:
+    """How many items a feed document holds."""
+    return len(_entries(root)[1])
+
+
 def parse(root: Any, *, default_tz: tzinfo) -> ParseResult:
     """Parse an RSS or Atom document (already loaded by the hardened XML parser) into items."""
     is_rss = root.tag == "rss"
-    if is_rss:
-        channel = root.find("channel")
-        entries = [] if channel is None else channel.findall("item")
-    else:
-        channel = root
-        entries = root.findall(_ATOM + "entry") if root.tag == _ATOM + "feed" else [root]
+    channel, entries = _entries(root)
+    check_item_count(len(entries))
     build = _rss_item if is_rss else _atom_item
     items: ParseResult = []
     for position, entry in enumerate(entries):
@@ -69,6 +84,8 @@ def parse(root: Any, *, default_tz: tzinfo) -> ParseResult:
             items.append(build(entry, channel, guid, default_tz))
         except ItemRejectedError as error:
             items.append(ItemError(position, error.reason, guid=guid, field=error.field))
+        except MarkupTooDeep as error:
+            items.append(ItemError(position, str(error), guid=guid))
     return items
 
 
@@ -76,8 +93,8 @@ def _rss_item(entry: Any, channel: Any, guid: str, default_tz: tzinfo) -> Parsed
     creators = [t for e in entry.iterfind(_DC + "creator") if (t := optional_text(e.text))]
     if not creators and (author := optional_text(entry.findtext("author"))):
         # RSS <author> is "email (Name)"; a bare address is no byline.
-        if match := _RSS_AUTHOR_NAME_RE.search(author):
-            creators = [match.group(1).strip()]
+        if name := _parenthesised_name(author):
+            creators = [name]
         elif "@" not in author:
             creators = [author]
     categories = [(e.text, e.get("domain")) for e in entry.iterfind("category")]
@@ -100,6 +117,16 @@ def _rss_item(entry: Any, channel: Any, guid: str, default_tz: tzinfo) -> Parsed
         ),
         picture=_picture(entry, entry.iterfind("enclosure"), "url"),
     )
+
+
+def _parenthesised_name(author: str) -> str | None:
+    """The name in an RSS author's closing parentheses: `jane@example.org (Jane Doe)`."""
+    if not author.endswith(")"):
+        return None
+    _before, opening, name = author[:-1].rpartition("(")
+    if not opening or ")" in name:
+        return None
+    return name.strip() or None
 
 
 def _atom_item(entry: Any, feed: Any, guid: str, default_tz: tzinfo) -> ParsedItem:
@@ -164,14 +191,15 @@ def _item(
         body_html = sanitize_html(summary_html or "")
     if not body_html:
         raise ItemRejectedError("item has no body", "body")
+    check_subject_count(len(categories), "categories")
     section: str | None = None
-    tags: list[str] = []
+    tags: dict[str, None] = {}  # in order, without repeats
     for term, scheme in categories:
         name = optional_text(term)
         if name and section is None and looks_like_section([scheme]):
             section = name
-        elif name and name not in tags:
-            tags.append(name)
+        elif name:
+            tags[name] = None
     return ParsedItem(
         guid=guid,
         headline=headline,
@@ -182,8 +210,8 @@ def _item(
         first_created=first_created,
         byline=", ".join(authors) or None,
         author_name=authors[0] if authors else None,
-        section=section or (tags[0] if tags else None),
-        tags=tags,
+        section=section or next(iter(tags), None),
+        tags=list(tags),
         language=optional_text(language),
         source_url=source_url,
         picture=picture,

@@ -17,6 +17,7 @@ from lxml import etree  # type: ignore[import-untyped]
 
 from services.ingest.normalize import (
     ItemRejectedError,
+    MarkupTooDeep,
     code_value,
     html_to_text,
     looks_like_opinion,
@@ -35,6 +36,8 @@ from services.ingest.parsers.base import (
     ParseResult,
     Picture,
     PubStatus,
+    check_item_count,
+    check_subject_count,
 )
 
 _ROOTS = frozenset({"newsItem", "newsMessage", "packageItem"})
@@ -47,11 +50,17 @@ def is_newsml(root: Any) -> bool:
     return etree.QName(root).localname in _ROOTS
 
 
+def count(root: Any) -> int:
+    """How many members (items, pictures, packages) a NewsML-G2 document holds."""
+    return len(root.findall("{*}itemSet/*")) if etree.QName(root).localname == "newsMessage" else 1
+
+
 def parse(root: Any, *, default_tz: tzinfo) -> ParseResult:
     """Parse a NewsML-G2 document (already loaded by the hardened XML parser) into items."""
     _strip_namespaces(root)
     is_message = root.tag == "newsMessage"
     members = root.findall("itemSet/*") if is_message else [root]
+    check_item_count(len(members))
     pictures = {
         guid: picture
         for member in members
@@ -72,6 +81,8 @@ def parse(root: Any, *, default_tz: tzinfo) -> ParseResult:
             items.append(_item(member, guid, links.get(guid), root, default_tz))
         except ItemRejectedError as error:
             items.append(ItemError(position, error.reason, guid=guid, field=error.field))
+        except MarkupTooDeep as error:
+            items.append(ItemError(position, str(error), guid=guid))
     return items
 
 
@@ -207,23 +218,25 @@ def _body_html(member: Any) -> str:
     for data in member.iterfind("contentSet/inlineData"):
         text = data.text or ""
         content_type = (data.get("contenttype") or "").lower()
-        if body := sanitize_html(text if "html" in content_type else text_to_html(text)):
+        if body := sanitize_html(text) if "html" in content_type else text_to_html(text):
             return body
     raise ItemRejectedError("item has no body", "body")
 
 
 def _subjects(member: Any, language: str | None) -> tuple[str | None, list[str]]:
     section: str | None = None
-    tags: list[str] = []
-    for subject in member.iterfind("contentMeta/subject"):
+    tags: dict[str, None] = {}  # in order, without repeats
+    subjects = member.findall("contentMeta/subject")
+    check_subject_count(len(subjects))
+    for subject in subjects:
         name = _name(subject, language)
         qcode = subject.get("qcode") or subject.get("uri")
         scheme = qcode.partition(":")[0] if qcode and "://" not in qcode else qcode
         if section is None and looks_like_section([scheme, subject.get("type")]):
             section = name or (optional_text(code_value(qcode)) if qcode else None)
-        elif name and name not in tags:
-            tags.append(name)
-    return section or (tags[0] if tags else None), tags
+        elif name:
+            tags[name] = None
+    return section or next(iter(tags), None), list(tags)
 
 
 def _genre(member: Any, language: str | None) -> tuple[str | None, list[str]]:

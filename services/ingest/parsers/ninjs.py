@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from services.ingest.normalize import (
     ItemRejectedError,
+    MarkupTooDeep,
     code_value,
     html_to_text,
     looks_like_html,
@@ -33,6 +34,8 @@ from services.ingest.parsers.base import (
     ParseResult,
     Picture,
     PubStatus,
+    check_item_count,
+    check_subject_count,
 )
 
 _PUBSTATUS: dict[str, PubStatus] = {
@@ -48,6 +51,7 @@ _PREFERRED_RENDITIONS = ("original", "baseimage")
 def parse(document: object, *, default_tz: tzinfo) -> ParseResult:
     """Parse a decoded ninjs post (an object or an array of objects) into items."""
     entries = document if isinstance(document, list) else [document]
+    check_item_count(len(entries))
     return [_parse_entry(position, entry, default_tz) for position, entry in enumerate(entries)]
 
 
@@ -61,6 +65,8 @@ def _parse_entry(position: int, entry: object, default_tz: tzinfo) -> ParsedItem
         return _item(entry, guid, default_tz)
     except ItemRejectedError as error:
         return ItemError(position, error.reason, guid=guid, field=error.field)
+    except MarkupTooDeep as error:
+        return ItemError(position, str(error), guid=guid)
 
 
 def _get(entry: dict[str, Any], *names: str) -> Any:
@@ -131,10 +137,13 @@ def _description(entry: dict[str, Any]) -> str | None:
 
 
 def _body_html(entry: dict[str, Any]) -> str:
-    # Markup beats plain text (2.x items often carry both), then role "main".
-    parts = sorted(_texts(entry, "bodies", "body"), key=lambda p: (not _is_markup(p), _main_first(p)))
-    for part in parts:
-        body = sanitize_html(part["value"] if _is_markup(part) else text_to_html(part["value"]))
+    # Markup beats plain text (2.x items often carry both), then role "main". Whether a
+    # part is markup may take parsing it: asked once per part.
+    parts = [(_is_markup(part), part) for part in _texts(entry, "bodies", "body")]
+    parts.sort(key=lambda marked: (not marked[0], _main_first(marked[1])))
+    for markup, part in parts:
+        # text_to_html escapes every character of markup: its paragraphs need no sanitising.
+        body = sanitize_html(part["value"]) if markup else text_to_html(part["value"])
         if body:
             return body
     raise ItemRejectedError("item has no body", "body")
@@ -142,16 +151,18 @@ def _body_html(entry: dict[str, Any]) -> str:
 
 def _subjects(entry: dict[str, Any]) -> tuple[str | None, list[str]]:
     section: str | None = None
-    tags: list[str] = []
-    for subject in _dicts(_get(entry, "subjects", "subject")):
+    tags: dict[str, None] = {}  # in order, without repeats
+    subjects = _dicts(_get(entry, "subjects", "subject"))
+    check_subject_count(len(subjects))
+    for subject in subjects:
         name = optional_text(subject.get("name"))
         identifiers = [subject.get(k) for k in ("uri", "scheme", "literal", "code")]
         codes = [i for i in identifiers if isinstance(i, str) and i.strip()]
         if section is None and looks_like_section(codes):
             section = name or optional_text(code_value(codes[-1]))
-        elif name and name not in tags:
-            tags.append(name)
-    return section or (tags[0] if tags else None), tags
+        elif name:
+            tags[name] = None
+    return section or next(iter(tags), None), list(tags)
 
 
 def _genre(entry: dict[str, Any]) -> tuple[str | None, list[str]]:

@@ -1,23 +1,16 @@
-"""Reader pages: rendered from in-memory stories, and served from a real database."""
+"""Reader pages rendered from in-memory stories (no database): the seed's lists and story page."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from html import unescape
-from pathlib import Path
 from typing import Any
 
-import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
-from sqlalchemy import event
-
-from services.publish import pages
-from shared import db
-from shared.config import Settings, reset_settings
-from shared.models import Base, Source, Story, StoryLabel, StoryTag
+from services.syndicate import pages
+from shared.config import Settings
+from shared.models import Story, StoryLabel, StoryTag
 from tests.helpers.support import text_of
 
 CSP = (
@@ -46,6 +39,7 @@ def make_story(
     **fields: Any,
 ) -> Story:
     story = Story(
+        id=fields.pop("id", abs(hash(slug)) % 1_000_000),
         slug=slug,
         headline=headline,
         body_html=fields.pop("body_html", "<p>Body.</p>"),
@@ -71,6 +65,7 @@ def column() -> Story:
         disclaimer=DISCLAIMER,
         section="opinion",
         language="en",
+        author_slug="vitaly-portnikov",
     )
     story.tags = [
         StoryTag(slug="china", name="China", position=0),
@@ -129,8 +124,28 @@ def more_news() -> list[Story]:
 # --- rendering, without a database -------------------------------------------------
 
 
+def items(stories: list[Story]) -> list[pages.Piece]:
+    return pages.pieces(stories, settings().tz)
+
+
+def front(stories: list[Story], **kwargs: Any) -> str:
+    return pages.render_front_page(
+        items(stories), older=kwargs.pop("older", None), settings=settings(), **kwargs
+    )
+
+
+def story_page(story: Story, more: list[Story]) -> str:
+    return pages.render_story_page(story, items(more), settings=settings())
+
+
+def json_ld(html: str) -> Any:
+    found = re.findall(r'<script type="application/ld\+json">(.*?)</script>', html, re.DOTALL)
+    assert len(found) == 1, found
+    return json.loads(found[0])
+
+
 def test_front_page_groups_by_local_day_like_the_seed() -> None:
-    html = pages.render_front_page(more_news(), page=1, has_next=False, settings=settings())
+    html = front(more_news())
     text = text_of(html)
     assert "<title>Espreso. Global</title>" in html
     assert '<link rel="canonical" href="https://news.example.org/">' in html
@@ -148,26 +163,53 @@ def test_front_page_groups_by_local_day_like_the_seed() -> None:
     assert "21:30 U.S. ramps up efforts" in text
     assert "19:20 OPINION Ukraine edges into a new era of stagnation" in text
     assert '<a class="news-headline" href="/stories/kinburn">' in html
-    assert 'rel="next"' not in html and 'rel="prev"' not in html
+    assert 'rel="next"' not in html and "Latest" not in html
+    for href, mime in [
+        ("/feeds/all.rss", "application/rss+xml"),
+        ("/feeds/all.atom", "application/atom+xml"),
+        ("/feeds/all.json", "application/feed+json"),
+    ]:
+        assert f'<link rel="alternate" type="{mime}" href="{href}"' in html
 
 
-def test_front_page_pagination_links() -> None:
-    first = pages.render_front_page(more_news(), page=1, has_next=True, settings=settings())
-    assert 'href="/?page=2">Older' in first and "Newer" not in first
-    second = pages.render_front_page(more_news(), page=2, has_next=True, settings=settings())
-    assert 'href="/">← Newer' in second and 'href="/?page=3">Older' in second
-    assert '<link rel="canonical" href="https://news.example.org/?page=2">' in second
-    third = pages.render_front_page(more_news(), page=3, has_next=False, settings=settings())
-    assert 'href="/?page=2">← Newer' in third and "Older" not in third
+def test_older_and_latest_links() -> None:
+    first = front(more_news(), older="/?before=1.2&page=2")
+    assert 'rel="next" href="/?before=1.2&amp;page=2">Older' in first and "Latest" not in first
+    second = front(more_news(), older="/?before=1.1&page=3", page=2)
+    assert 'href="/">← Latest' in second and 'href="/?before=1.1&amp;page=3">Older' in second
+    assert "page 2" in second and "canonical" not in second
 
 
 def test_empty_front_page() -> None:
-    html = pages.render_front_page([], page=1, has_next=False, settings=settings())
-    assert "No stories yet." in html
+    assert "No stories yet." in front([])
+
+
+def test_list_page_of_an_author_tag_and_section() -> None:
+    stories = more_news()
+    html = pages.render_list_page("author", "vitaly-portnikov", "Vitaly Portnikov", items(stories),
+                                  bio="journalist, National Shevchenko Prize laureate", older=None,
+                                  settings=settings())  # fmt: skip
+    text = text_of(html)
+    assert (
+        "Vitaly Portnikov journalist, National Shevchenko Prize laureate Stories by Vitaly Portnikov" in text
+    )
+    assert "2025, Friday 18 July 19:16 Ukrainian reconnaissance" in text
+    assert '<link rel="canonical" href="https://news.example.org/authors/vitaly-portnikov">' in html
+    for ext, mime in [("rss", "application/rss+xml"), ("atom", "application/atom+xml"),
+                      ("json", "application/feed+json")]:  # fmt: skip
+        assert f'<link rel="alternate" type="{mime}" href="/feeds/author/vitaly-portnikov.{ext}"' in html
+    tag = pages.render_list_page(
+        "tag", "china", "China", items(stories), bio=None, older=None, settings=settings()
+    )
+    assert "<title>China — Espreso. Global</title>" in tag
+    assert 'href="/feeds/tag/china.atom"' in tag and "Stories tagged China" in text_of(tag)
+    section = pages.render_list_page("section", "opinion", "Opinion", items(stories), bio=None, older=None,
+                                     settings=settings())  # fmt: skip
+    assert 'href="/feeds/section/opinion.json"' in section and "Latest in Opinion" in text_of(section)
 
 
 def test_page_head_links() -> None:
-    html = pages.render_story_page(column(), more_news(), settings=settings())
+    html = story_page(column(), more_news())
     assert html.startswith("<!doctype html>")
     assert '<html lang="en">' in html
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
@@ -181,15 +223,17 @@ def test_page_head_links() -> None:
         ("/feeds/all.json", "application/feed+json"),
         ("/feeds/section/opinion.rss", "application/rss+xml"),
         ("/feeds/section/opinion.atom", "application/atom+xml"),
+        ("/feeds/author/vitaly-portnikov.json", "application/feed+json"),
     ]:
         assert f'<link rel="alternate" type="{mime}" href="{href}"' in html
     assert re.search(r'<link rel="stylesheet" href="/static/site\.css\?v=[0-9a-f]+">', html)
-    assert "<script" not in html
+    # The one script is JSON-LD: data, which the CSP's script-src 'none' does not run.
+    assert html.count("<script") == 1 and '<script type="application/ld+json">' in html
     assert "style=" not in html
 
 
 def test_story_page_like_the_seed() -> None:
-    html = pages.render_story_page(column(), more_news(), settings=settings())
+    html = story_page(column(), more_news())
     text = text_of(html)
     title = re.search(r"<title>([^<]*)</title>", html)
     assert title is not None and unescape(title.group(1)) == f"{HEADLINE} — Espreso. Global"
@@ -206,6 +250,52 @@ def test_story_page_like_the_seed() -> None:
     assert "2025, Friday 18 July 19:16 Ukrainian reconnaissance" in aside
     assert "18:54 Exclusive Ukrainian flag raised" in aside
     assert '<article class="story" lang="en">' in html
+
+
+def test_story_page_links_its_tags_and_author() -> None:
+    html = story_page(column(), [])
+    for slug, name in [("china", "China"), ("russia", "Russia"), ("ukraine", "Ukraine")]:
+        assert f'<a rel="tag" href="/tags/{slug}">{name}</a>' in html
+    assert 'About the author. <a rel="author" href="/authors/vitaly-portnikov">Vitaly Portnikov</a>,' in html
+    byline = make_story("wire", "A wire story", datetime(2025, 7, 18, 6, 0, tzinfo=UTC),
+                        author_name="Olena Ivanova", author_slug="olena-ivanova")  # fmt: skip
+    assert (
+        '<p class="byline"><a rel="author" href="/authors/olena-ivanova">Olena Ivanova</a></p>'
+        in story_page(byline, [])
+    )
+
+
+def test_story_page_json_ld_news_article() -> None:
+    story = column()
+    story.updated_at = datetime(2025, 4, 10, 9, 0, tzinfo=UTC)
+    story.picture = {"url": "https://img.example.org/column.jpg", "caption": "Portnikov"}
+    data = json_ld(story_page(story, []))
+    assert data["@context"] == "https://schema.org" and data["@type"] == "NewsArticle"
+    assert data["headline"] == HEADLINE
+    assert data["datePublished"] == "2025-04-09T07:52:00Z"
+    assert data["dateModified"] == "2025-04-10T09:00:00Z"
+    assert data["author"] == [{"@type": "Person", "name": "Vitaly Portnikov",
+                               "url": "https://news.example.org/authors/vitaly-portnikov"}]  # fmt: skip
+    assert data["image"] == ["https://img.example.org/column.jpg"]
+    assert (
+        data["mainEntityOfPage"]
+        == "https://news.example.org/stories/chinese-citizens-are-fighting-for-russia"
+    )
+    # Without an update, modified is published; without an author, the site is named.
+    plain = json_ld(story_page(make_story("plain", "Plain", datetime(2025, 7, 18, 6, 0, tzinfo=UTC)), []))
+    assert plain["dateModified"] == plain["datePublished"] == "2025-07-18T06:00:00Z"
+    assert plain["author"][0]["@type"] == "Organization" and "image" not in plain
+
+
+def test_json_ld_cannot_end_its_script() -> None:
+    evil = "Breaking </script><script>alert(1)</script> <!-- & \u2028"
+    story = make_story("evil", evil, datetime(2025, 7, 18, 6, 0, tzinfo=UTC), lede="</SCRIPT >",
+                       author_name="</script>", author_slug="script")  # fmt: skip
+    html = story_page(story, [])
+    block = html.split('<script type="application/ld+json">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in block and ">" not in block and "&" not in block
+    assert json_ld(html)["headline"] == evil
+    assert html.lower().count("</script") == 1
 
 
 def test_story_page_picture_update_and_labels() -> None:
@@ -226,7 +316,7 @@ def test_story_page_picture_update_and_labels() -> None:
             "credit": "Navy press service",
         },
     )
-    html = pages.render_story_page(story, [], settings=settings())
+    html = story_page(story, [])
     text = text_of(html)
     assert re.search(
         r'<figure class="picture">\s*<img src="https://img\.example\.org/flag\.jpg" '
@@ -244,7 +334,7 @@ def test_unsafe_urls_are_not_emitted() -> None:
     story = column()
     story.source_url = "javascript:alert(1)"
     story.picture = {"url": "javascript:alert(2)", "caption": "x"}
-    html = pages.render_story_page(story, [], settings=settings())
+    html = story_page(story, [])
     assert "javascript:" not in html
     assert ">Source</a>" not in html
     assert "<figure" not in html
@@ -266,156 +356,25 @@ def test_wire_text_is_escaped() -> None:
         picture={"url": "https://img.example.org/a.jpg", "caption": evil, "credit": evil},
     )
     story.tags = [StoryTag(slug="evil", name=evil, position=0)]
-    for html in (
-        pages.render_story_page(story, [story], settings=settings()),
-        pages.render_front_page([story], page=1, has_next=False, settings=settings()),
-    ):
-        assert "<script" not in html
+    for html in (story_page(story, [story]), front([story])):
+        assert "<script>" not in html
         assert "&lt;script&gt;" in html
 
 
-def test_local_day_grouping() -> None:
-    groups = pages.group_by_day(more_news(), settings().tz)
-    assert [(g.year_weekday, g.day_month, len(g.items)) for g in groups] == [
-        ("2025, Friday", "18 July", 5),
-        ("2025, Thursday", "17 July", 2),
-    ]
+def test_more_news_slot_is_filled_without_the_story_itself() -> None:
+    stories = more_news()
+    page = pages.render_story_page(stories[1], None, settings=settings()).encode()
+    assert pages.MORE_NEWS_SLOT in page and b"More news" not in page
+    filled = pages.fill_story_page(page, items(stories), stories[1].id).decode()
+    assert filled == story_page(stories[1], stories)
+    aside = text_of(filled).split("More news", 1)[1]
+    assert "Kinburn" not in aside and "19:16 Ukrainian reconnaissance" in aside
+    # Stored between renders as JSON, the same pieces.
+    assert pages.pieces_from_json(pages.pieces_to_json(items(stories))) == items(stories)
 
 
-# --- the router, on a temporary SQLite database -------------------------------------
-
-
-@pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("NEWSROOM_DATABASE_URL", f"sqlite:///{tmp_path}/t.db")
-    monkeypatch.setenv("NEWSROOM_SITE_URL", "https://news.example.org")
-    monkeypatch.setenv("NEWSROOM_TIMEZONE", "Europe/Kyiv")
-    reset_settings()
-    db.dispose_engines()
-    Base.metadata.create_all(db.get_engine())
-    app = FastAPI()
-    app.include_router(pages.router)
-    try:
-        with TestClient(app) as test_client:
-            yield test_client
-    finally:
-        db.dispose_engines()
-        reset_settings()
-
-
-def seed_db(count: int) -> None:
-    """One source, ``count`` published stories a minute apart, and some hidden ones."""
-    start = datetime(2025, 7, 18, 6, 0, tzinfo=UTC)
-    with db.session_scope() as session:
-        source = Source(name="wire")
-        session.add(source)
-        session.flush()
-
-        def add(slug: str, status: str, published_at: datetime | None, **kw: Any) -> None:
-            story = make_story(slug, f"Headline {slug}", published_at or start, status=status, **kw)
-            story.published_at = published_at
-            story.source_id = source.id
-            story.guid = slug
-            story.content_hash = slug
-            session.add(story)
-
-        for n in range(count):
-            add(
-                f"story-{n:03d}",
-                "published",
-                start + timedelta(minutes=n),
-                labels=("exclusive",) if n == 0 else (),
-            )
-        add("draft", "ingested", None)
-        add("killed", "unpublished", start + timedelta(days=1))
-        add("later", "scheduled", None, publish_at=start + timedelta(days=2))
-
-
-def test_story_route(client: TestClient) -> None:
-    seed_db(3)
-    response = client.get("/stories/story-000")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "text/html; charset=utf-8"
-    assert response.headers["content-security-policy"] == CSP
-    assert response.headers["x-content-type-options"] == "nosniff"
-    text = text_of(response.text)
-    assert "Exclusive Headline story-000 18 July, 2025 Friday 09:00" in text
-    aside = text.split("More news", 1)[1]
-    assert "09:02 Headline story-002" in aside and "09:01 Headline story-001" in aside
-    assert "story-000" not in aside
-    assert 'href="https://news.example.org/stories/story-000"' in response.text
-
-
-@pytest.mark.parametrize("slug", ["draft", "killed", "later", "no-such-story"])
-def test_hidden_stories_are_404(client: TestClient, slug: str) -> None:
-    seed_db(1)
-    response = client.get(f"/stories/{slug}")
-    assert response.status_code == 404
-    assert response.headers["content-security-policy"] == CSP
-    assert "Page not found" in response.text
-
-
-def test_front_page_route_lists_published_newest_first(client: TestClient) -> None:
-    seed_db(3)
-    response = client.get("/")
-    assert response.status_code == 200
-    assert response.headers["content-security-policy"] == CSP
-    slugs = re.findall(r'href="/stories/([^"]+)"', response.text)
-    assert slugs == ["story-002", "story-001", "story-000"]
-    assert "Exclusive" in response.text
-
-
-def test_front_page_route_paginates(client: TestClient) -> None:
-    seed_db(pages.PAGE_SIZE + 5)
-    first = client.get("/")
-    slugs = re.findall(r'href="/stories/([^"]+)"', first.text)
-    assert len(slugs) == pages.PAGE_SIZE
-    assert slugs[0] == "story-054" and slugs[-1] == "story-005"
-    assert 'href="/?page=2"' in first.text
-
-    second = client.get("/?page=2")
-    assert second.status_code == 200
-    slugs = re.findall(r'href="/stories/([^"]+)"', second.text)
-    assert slugs == ["story-004", "story-003", "story-002", "story-001", "story-000"]
-    assert 'href="/"' in second.text and "?page=3" not in second.text
-
-    assert client.get("/?page=3").status_code == 404
-    assert client.get("/?page=0").status_code == 422
-
-
-def test_stylesheet_route(client: TestClient) -> None:
-    html = client.get("/").text
-    href = re.search(r'<link rel="stylesheet" href="([^"]+)">', html)
-    assert href is not None
-    response = client.get(href.group(1))
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/css")
-    assert "immutable" in response.headers["cache-control"]
-    assert ".news-item" in response.text
-    assert "immutable" not in client.get("/static/site.css").headers["cache-control"]
-
-
-def test_front_page_route_is_a_constant_number_of_queries(client: TestClient) -> None:
-    seed_db(pages.PAGE_SIZE + 5)
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    engine = db.get_engine(read_only=True)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        assert client.get("/").status_code == 200
-        assert client.get("/stories/story-010").status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    # Front page: stories + labels. Story: story + its tags + labels, list + labels.
-    assert len(selects) <= 7, selects
-
-
-def test_head_requests(client: TestClient) -> None:
-    seed_db(1)
-    assert client.head("/").status_code == 200
-    assert client.head("/stories/story-000").status_code == 200
-    assert client.head("/stories/draft").status_code == 404
+def test_more_news_limit_and_days() -> None:
+    shown = text_of(str(pages.more_news(items(more_news()), limit=5)))
+    assert shown.count("2025, Friday 18 July") == 1 and "Thursday" not in shown
+    assert "00:30 Breaking Story after local midnight" in shown
+    assert [(p.day, p.story_id) for p in items(more_news())][4][0] == "2025-07-18"

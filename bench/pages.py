@@ -1,0 +1,379 @@
+"""Reader pages beside the feeds: serving rates, and a spike of readers beside the pipeline.
+
+Measures, on this machine, in one run:
+- serving: `newsroom up --demo` (SQLite, embedded Redis, one API process), then the same load
+  generator, one path after another: `/feeds/all.atom` as 200s and as 304s, `/`, a story page,
+  a tag page and `/sitemaps/news.xml`: requests/s, latency p50 and p99 (target: `/` and the
+  story page at no less than half the rate of `/feeds/all.atom`, with p99 under 5 ms);
+- a spike beside the pipeline: the pipeline as separate processes (tests/helpers/cluster.py), posts
+  flowing at BENCH_SPIKE_RATE a second, wire -> `/feeds/all.atom` latency without readers,
+  then again while BENCH_SPIKE_READERS concurrent readers read `/` and story pages (each
+  pausing BENCH_SPIKE_READER_PAUSE_MS between pages; 0 reads flat out), then once more
+  without: the pages' p99 beside the wire -> feed p99 (target: readers slow the pipeline by
+  at most 20%, against the slower of the two runs without readers).
+
+The load generator is `wrk` when it is installed (`apt-get install wrk`), else several client
+processes (asyncio, keep-alive), so that it is not the bottleneck.
+Environment: BENCH_PAGES_SECONDS (10: each serving measurement), BENCH_PAGES_CONNECTIONS (16),
+BENCH_SPIKE_RATE (50), BENCH_SPIKE_SECONDS (30), BENCH_SPIKE_READERS (200),
+BENCH_SPIKE_READER_PAUSE_MS (100,0: one run per value), BENCH_SPIKE_BACKEND (sqlite or
+postgresql; default sqlite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS = float(os.environ.get("BENCH_PAGES_SECONDS", "10"))
+CONNECTIONS = int(os.environ.get("BENCH_PAGES_CONNECTIONS", "16"))
+SPIKE_RATE = float(os.environ.get("BENCH_SPIKE_RATE", "50"))
+SPIKE_SECONDS = float(os.environ.get("BENCH_SPIKE_SECONDS", "30"))
+SPIKE_READERS = int(os.environ.get("BENCH_SPIKE_READERS", "200"))
+SPIKE_BACKEND = os.environ.get("BENCH_SPIKE_BACKEND", "sqlite")
+# Each reader's pause between two pages, in milliseconds (0: as fast as the server answers).
+SPIKE_READER_PAUSE_MS = [int(ms) for ms in os.environ.get("BENCH_SPIKE_READER_PAUSE_MS", "100,0").split(",")]
+WRK = shutil.which("wrk")
+# wrk picks each request's path from this list in turn.
+WRK_PATHS_SCRIPT = """
+paths = {%s}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1])
+end
+"""
+# A reader waits this long between pages (wrk's delay()): 0 reads flat out.
+WRK_DELAY_SCRIPT = """
+delay = function()
+  return %d
+end
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators
+
+
+def _wrk_duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if match is None:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return round(value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit], 2)
+
+
+def wrk(base: str, paths: list[str], *, connections: int, seconds: float,
+        headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Requests/s and latency percentiles from wrk (two threads), over the paths in turn, each
+    connection pausing ``pause_ms`` between requests."""
+    assert WRK is not None
+    command = [WRK, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_PATHS_SCRIPT % ", ".join(f'"{path}"' for path in paths))
+        if pause_ms:
+            script.write(WRK_DELAY_SCRIPT % pause_ms)
+    try:
+        output = subprocess.run([*command, "-s", script.name, base], capture_output=True, text=True,
+                                timeout=seconds + 60, check=True).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", output, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    result: dict[str, Any] = {
+        "requests_per_second": round(float(rate.group(1))) if rate else None,
+        "p50_ms": _wrk_duration_ms(percentiles.get("50", "")),
+        "p99_ms": _wrk_duration_ms(percentiles.get("99", "")),
+    }
+    if non_2xx:
+        result["non_2xx_3xx"] = int(non_2xx.group(1))
+    if errors:
+        result["socket_errors"] = errors.group(1).strip()
+    return result
+
+
+async def _client(port: int, requests: list[bytes], stop: float, latencies: list[float],
+                  statuses: dict[int, int], pause: float = 0.0) -> None:  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    n = 0
+    try:
+        while time.perf_counter() < stop:
+            if pause and n:
+                await asyncio.sleep(pause)
+            started = time.perf_counter()
+            writer.write(requests[n % len(requests)])
+            n += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            status = int(head[9:12])
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+def _client_process(port: int, requests: list[bytes], connections: int, seconds: float,
+                    out: Any, pause: float) -> None:  # fmt: skip
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def main() -> None:
+        stop = time.perf_counter() + seconds
+        await asyncio.gather(
+            *(_client(port, requests, stop, latencies, statuses, pause) for _ in range(connections))
+        )
+
+    asyncio.run(main())
+    out.put((latencies, statuses))
+
+
+def clients(base: str, paths: list[str], *, connections: int, seconds: float,
+            headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The same measurement as ``wrk`` from several client processes (when wrk is missing)."""
+    port = int(base.rsplit(":", 1)[1].rstrip("/"))
+    requests = []
+    for path in paths:
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        requests.append(("\r\n".join(lines) + "\r\n\r\n").encode())
+    processes = max(1, min(4, connections))
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    workers = [multiprocessing.get_context("spawn").Process(
+        target=_client_process,
+        args=(port, requests, connections // processes + (n < connections % processes), seconds, queue,
+              pause_ms / 1000),
+    ) for n in range(processes)]  # fmt: skip
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    for _ in workers:
+        got, counts = queue.get(timeout=seconds + 60)
+        latencies += got
+        for status, count in counts.items():
+            statuses[status] = statuses.get(status, 0) + count
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    return {"requests_per_second": round(len(latencies) / elapsed), "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99), "statuses": statuses}  # fmt: skip
+
+
+def measure(base: str, paths: list[str], *, connections: int = CONNECTIONS, seconds: float = SECONDS,
+            headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Load on the paths (in turn) with whichever generator is available."""
+    generator = wrk if WRK else clients
+    return generator(base, paths, connections=connections, seconds=seconds, headers=headers,
+                     pause_ms=pause_ms)  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of seconds, in milliseconds."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving: the demo's stories under `newsroom up`
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def serving() -> dict[str, Any]:
+    """`newsroom up --demo`, then each path under the same load, one after another."""
+    data_dir = Path(tempfile.mkdtemp(prefix="newsroom-bench-pages-"))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
+    env.update({"NEWSROOM_DATA_DIR": str(data_dir), "NEWSROOM_SITE_URL": base,
+                "NEWSROOM_LOG_LEVEL": "WARNING"})  # fmt: skip
+    command = [sys.executable, "-m", "services.cli", "up", "--demo", "--port", str(port)]
+    with open(data_dir / "up.log", "ab") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    http = httpx.Client(base_url=base, timeout=30)
+    try:
+        # The demo prints its URLs once every story is published and in the feeds.
+        _wait(lambda: "Front page" in (data_dir / "up.log").read_text(errors="replace"), timeout=180,
+              what=f"the demo; see {data_dir}/up.log")  # fmt: skip
+        front = http.get("/")
+        stories = re.findall(r'href="(/stories/[^"]+)"', front.text)
+        tags = re.findall(r'href="(/tags/[^"]+)"', http.get(stories[0]).text) if stories else []
+        feed = http.get("/feeds/all.atom")
+        etag = feed.headers["etag"]
+        results: dict[str, Any] = {
+            "generator": "wrk -t2" if WRK else "client processes",
+            "connections": CONNECTIONS,
+            "seconds": SECONDS,
+            "stories": len(re.findall(r"<entry>", feed.text)),
+            "feed_bytes": len(feed.content),
+            "front_bytes": len(front.content),
+        }
+        paths: dict[str, tuple[str, dict[str, str] | None]] = {
+            "feed_all_atom_200": ("/feeds/all.atom", None),
+            "feed_all_atom_304": ("/feeds/all.atom", {"If-None-Match": etag}),
+            "front_page": ("/", None),
+            "story_page": (stories[0], None),
+        }
+        if front.headers.get("etag"):
+            paths["front_page_304"] = ("/", {"If-None-Match": front.headers["etag"]})
+        if tags:
+            paths["tag_page"] = (tags[0], None)
+        paths["news_sitemap"] = ("/sitemaps/news.xml", None)
+        for name, (path, headers) in paths.items():
+            results[name] = {"path": path, **measure(base, [path], headers=headers)}
+        feed_rate = results["feed_all_atom_200"]["requests_per_second"] or 1
+        checks = {}
+        for name in ("front_page", "story_page"):
+            ratio = (results[name]["requests_per_second"] or 0) / feed_rate
+            checks[f"{name}_over_feed_rate"] = round(ratio, 2)
+            checks[f"{name}_meets_target"] = ratio >= 0.5 and results[name]["p99_ms"] < 5
+        results["targets"] = checks
+        return results
+    finally:
+        http.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A spike beside the pipeline
+
+
+class Readers:
+    """SPIKE_READERS concurrent readers on `/` and story pages, until stopped."""
+
+    def __init__(self, base: str, paths: list[str], *, seconds: float, pause_ms: int) -> None:
+        self.result: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(base, paths, seconds, pause_ms), daemon=True)
+        self.thread.start()
+
+    def _run(self, base: str, paths: list[str], seconds: float, pause_ms: int) -> None:
+        self.result = measure(base, paths, connections=SPIKE_READERS, seconds=seconds, pause_ms=pause_ms)
+
+    def join(self) -> dict[str, Any]:
+        self.thread.join()
+        return self.result
+
+
+def spike() -> dict[str, Any]:
+    """Wire -> feed latency at SPIKE_RATE posts/s, without readers and then with them."""
+    from bench.pipeline import postgres_url, steady
+    from services.ingest.service import add_source
+    from shared.db import session_scope
+    from shared.migrate import upgrade
+    from tests.helpers.cluster import Cluster
+    from tests.helpers.support import newsroom_environment
+
+    directory = Path(tempfile.mkdtemp(prefix="newsroom-bench-spike-"))
+    url = f"sqlite:///{directory / 'newsroom.db'}" if SPIKE_BACKEND == "sqlite" else postgres_url()
+    if url is None:
+        return {"skipped": "no PostgreSQL server"}
+    cluster = Cluster(directory, url)
+    cluster.env.update({"NEWSROOM_LOG_LEVEL": "WARNING", "NEWSROOM_OUTBOX_LEASE": "120"})
+    results: dict[str, Any] = {"backend": SPIKE_BACKEND, "rate_per_s": SPIKE_RATE, "seconds": SPIKE_SECONDS,
+                               "readers": SPIKE_READERS,
+                               "generator": "wrk -t2" if WRK else "client processes"}  # fmt: skip
+    try:
+        with newsroom_environment(cluster.env):
+            upgrade()
+            cluster.start_all()
+            with session_scope() as session:
+                source, token = add_source(session, name=f"spike-{secrets.token_hex(3)}", auto_publish=True)
+                name = source.name
+            results["without_readers"] = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            front = cluster.http.get("/")
+            stories = list(dict.fromkeys(re.findall(r'href="(/stories/[^"]+)"', front.text)))[:20]
+            # Half the readers' requests go to the front page, the rest to the newest stories.
+            paths = [path for story in stories for path in ("/", story)]
+            base = str(cluster.http.base_url).rstrip("/")
+            for pause_ms in SPIKE_READER_PAUSE_MS:
+                readers = Readers(base, paths, seconds=SPIKE_SECONDS + 10, pause_ms=pause_ms)
+                time.sleep(2)  # the readers are at full speed before the posts begin
+                beside = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+                read = readers.join()
+                results[f"readers_pausing_{pause_ms}ms"] = {"wire_to_feed": beside, "readers_on_pages": read}
+            # Once more without readers: the machine is shared, and this brackets the runs above.
+            again = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            results["without_readers_again"] = again
+            cluster.stop_all()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    alone = max(results["without_readers"]["p99_ms"], results["without_readers_again"]["p99_ms"])
+    for pause_ms in SPIKE_READER_PAUSE_MS:
+        run = results[f"readers_pausing_{pause_ms}ms"]
+        beside = run["wire_to_feed"]["p99_ms"]
+        run["side_by_side"] = {
+            "pages_p99_ms": run["readers_on_pages"].get("p99_ms"),
+            "pages_requests_per_second": run["readers_on_pages"].get("requests_per_second"),
+            "wire_to_feed_p99_ms_without_readers": alone,
+            "wire_to_feed_p99_ms_with_readers": beside,
+            "slowdown": round(beside / max(alone, 1e-9) - 1, 3),
+            "meets_target": beside <= alone * 1.2,
+        }
+    return results
+
+
+def run() -> dict[str, Any]:
+    """Serving rates of pages beside feeds, and a reader spike beside the pipeline."""
+    return {"serving": serving(), "spike": spike()}
+
+
+if __name__ == "__main__":
+    import json
+
+    parts = sys.argv[1:] or ["serving", "spike"]
+    print(json.dumps({part: globals()[part]() for part in parts}, indent=2))
