@@ -37,9 +37,11 @@ GET_SECONDS = float(os.environ.get("BENCH_FEEDS_SECONDS", "4"))
 CLIENTS = 16
 BURST = 200
 PACED_RATE = 50.0
-BODY = "".join(f"<p>Paragraph {i}: Київ &amp; Львів, <a href='https://example.org/{i}'>a link</a>, "
-               f"<strong>emphasis</strong> 🎉 and enough words to weigh about four kilobytes.</p>"
-               for i in range(22))  # fmt: skip
+BODY = "".join(
+    f"<p>Paragraph {i}: Київ &amp; Львів, <a href='https://example.org/{i}'>a link</a>, "
+    f"<strong>emphasis</strong> 🎉 and enough words to weigh about four kilobytes.</p>"
+    for i in range(22)
+)
 SECTIONS = ("World", "Economy", "Culture & Arts", "Світ", "Sport")
 TAGS = tuple(f"Tag {n}" for n in range(20))
 AUTHORS = tuple(f"Author {n}" for n in range(10))
@@ -94,15 +96,26 @@ def render_times() -> dict[str, Any]:
     settings = Settings(site_url="https://news.example.com", websub_hubs="https://hub.example.com/")
     now = datetime(2025, 7, 18, 16, 16, tzinfo=UTC)
     stories = [
-        Story(id=n, slug=f"story-{n}", revision=2, headline=f"Київ & <Львів>: story {n} 🎉",
-              lede="Лід: a < b & c 🎉", body_html=BODY, body_text=BODY, author_name=AUTHORS[n % 10],
-              author_slug=f"author-{n % 10}", section=SECTIONS[n % 5], language="uk",
-              published_at=now - timedelta(minutes=n), updated_at=now if n % 3 == 0 else None,
-              tags=[StoryTag(slug=f"tag-{n % 20}", name=TAGS[n % 20])],
-              labels=[StoryLabel(label="exclusive")] if n % 4 == 0 else [],
-              picture={"url": f"https://cdn.example.com/{n}.jpg", "media_type": "image/jpeg", "size": 1000})
+        Story(
+            id=n,
+            slug=f"story-{n}",
+            revision=2,
+            headline=f"Київ & <Львів>: story {n} 🎉",
+            lede="Лід: a < b & c 🎉",
+            body_html=BODY,
+            body_text=BODY,
+            author_name=AUTHORS[n % 10],
+            author_slug=f"author-{n % 10}",
+            section=SECTIONS[n % 5],
+            language="uk",
+            published_at=now - timedelta(minutes=n),
+            updated_at=now if n % 3 == 0 else None,
+            tags=[StoryTag(slug=f"tag-{n % 20}", name=TAGS[n % 20])],
+            labels=[StoryLabel(label="exclusive")] if n % 4 == 0 else [],
+            picture={"url": f"https://cdn.example.com/{n}.jpg", "media_type": "image/jpeg", "size": 1000},
+        )
         for n in range(50)
-    ]  # fmt: skip
+    ]
     results: dict[str, Any] = {}
     for fmt in FEED_FORMATS:
         for _ in range(5):
@@ -177,10 +190,26 @@ def uvicorn(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[Non
     """An app under uvicorn (one process, its default loop and parser), until the block ends."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log", "--lifespan", "off"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -210,18 +239,24 @@ def serving(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
         (data_dir / "all.atom").write_bytes(first.content)
         results["feed_bytes"] = len(first.content)
         results["feed_200"] = load(app_port, "/feeds/all.atom", seconds=GET_SECONDS)
-        results["feed_304"] = load(app_port, "/feeds/all.atom", headers={"If-None-Match": etag},
-                                   seconds=GET_SECONDS)  # fmt: skip
+        results["feed_304"] = load(
+            app_port, "/feeds/all.atom", headers={"If-None-Match": etag}, seconds=GET_SECONDS
+        )
     (data_dir / "bare_app.py").write_text(BARE_APP)
-    bare_env = {**env, "BENCH_BODY": str(data_dir / "all.atom"), "BENCH_ETAG": etag,
-                "PYTHONPATH": str(data_dir)}  # fmt: skip
+    bare_env = {
+        **env,
+        "BENCH_BODY": str(data_dir / "all.atom"),
+        "BENCH_ETAG": etag,
+        "PYTHONPATH": str(data_dir),
+    }
     with uvicorn("bare_app:app", bare_port, bare_env, data_dir / "bare.log"):
         results["bare_200"] = load(bare_port, "/", seconds=GET_SECONDS)
         results["bare_304"] = load(bare_port, "/", headers={"If-None-Match": etag}, seconds=GET_SECONDS)
     ratio = results["feed_200"]["requests_per_second"] / results["bare_200"]["requests_per_second"]
     results["feed_to_bare_200"] = round(ratio, 2)
-    results["feed_to_bare_304"] = round(results["feed_304"]["requests_per_second"]
-                                        / results["bare_304"]["requests_per_second"], 2)  # fmt: skip
+    results["feed_to_bare_304"] = round(
+        results["feed_304"]["requests_per_second"] / results["bare_304"]["requests_per_second"], 2
+    )
     results["target_feed_to_bare"] = 0.5
     results["meets_target"] = ratio >= 0.5 and results["feed_to_bare_304"] >= 0.5
     return results
@@ -241,11 +276,22 @@ def _stories(source_id: int, count: int, run: str) -> list[int]:
     with session_scope() as session:
         for n in range(count):
             headline = f"{run} story {n}: Київ & <Львів> 🎉"
-            story = Story(source_id=source_id, guid=f"urn:bench:{run}:{n}", slug=f"{run}-{n}",
-                          status="ingested", revision=1, content_hash=f"{run}{n}", headline=headline,
-                          lede="Лід: a < b & c", body_html=BODY, body_text=html_to_text(BODY), language="uk",
-                          section=SECTIONS[n % 5], author_name=AUTHORS[n % 10],
-                          author_slug=f"author-{n % 10}")  # fmt: skip
+            story = Story(
+                source_id=source_id,
+                guid=f"urn:bench:{run}:{n}",
+                slug=f"{run}-{n}",
+                status="ingested",
+                revision=1,
+                content_hash=f"{run}{n}",
+                headline=headline,
+                lede="Лід: a < b & c",
+                body_html=BODY,
+                body_text=html_to_text(BODY),
+                language="uk",
+                section=SECTIONS[n % 5],
+                author_name=AUTHORS[n % 10],
+                author_slug=f"author-{n % 10}",
+            )
             session.add(story)
             session.flush()
             set_tags(story, [TAGS[n % 20], TAGS[(n * 7 + 3) % 20]])
@@ -344,9 +390,13 @@ def burst(source_id: int, watcher: AllFeedWatcher, *, rate: float | None) -> dic
         "renders_of_all": renders.get("all", 0),
         "max_renders_per_feed": max(renders.values()),
         "mean_renders_per_feed": round(statistics.mean(renders.values()), 2),
-        "publish_to_all_feed_ms": {"stories_seen": len(latencies), "p50": percentile(latencies, 50),
-                                   "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
-    }  # fmt: skip
+        "publish_to_all_feed_ms": {
+            "stories_seen": len(latencies),
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "max": percentile(latencies, 100),
+        },
+    }
 
 
 def bursts(data_dir: Path, env: dict[str, str], redis_url: str) -> dict[str, Any]:
@@ -359,11 +409,21 @@ def bursts(data_dir: Path, env: dict[str, str], redis_url: str) -> dict[str, Any
         source_id = source.id
     logs = {name: open(data_dir / f"{name}.log", "ab") for name in ("worker", "scheduler")}  # noqa: SIM115
     processes = [
-        subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "-c", "2", "--loglevel", "WARNING"],
-                         env=env, cwd=ROOT, stdout=logs["worker"], stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "services.cli", "scheduler"],
-                         env=env, cwd=ROOT, stdout=logs["scheduler"], stderr=subprocess.STDOUT),
-    ]  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "-c", "2", "--loglevel", "WARNING"],
+            env=env,
+            cwd=ROOT,
+            stdout=logs["worker"],
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "scheduler"],
+            env=env,
+            cwd=ROOT,
+            stdout=logs["scheduler"],
+            stderr=subprocess.STDOUT,
+        ),
+    ]
     watcher = AllFeedWatcher(redis_url)
     try:
         # Warm up the worker's processes (imports, connections) with a few publishes.
@@ -406,7 +466,7 @@ def run() -> dict[str, Any]:
     """Render times, serving rates against a bare ASGI app, and renders per feed in bursts."""
     from shared.migrate import upgrade
     from shared.redis import EmbeddedRedis
-    from tests.support import newsroom_environment
+    from tests.helpers.support import newsroom_environment
 
     data_dir = Path(tempfile.mkdtemp(prefix="newsroom-bench-feeds-"))
     redis_server = EmbeddedRedis(data_dir / "redis", appendonly=False)

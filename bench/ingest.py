@@ -60,30 +60,63 @@ def story(fmt: str, guid: str) -> bytes:
     """One realistic story in a wire format, with the given guid (and a headline of its own)."""
     headline = f"{guid.removeprefix('urn:bench:')}: {HEADLINE}"
     if fmt == "ninjs":
-        return json.dumps({
-            "uri": guid, "type": "text", "version": "1", "versioncreated": "2025-07-18T19:16:00+03:00",
-            "firstcreated": "2025-07-18T18:00:00+03:00", "pubstatus": "usable", "language": "en",
-            "headlines": [{"role": "main", "value": headline}],
-            "descriptions": [{"role": "summary", "contenttype": "text/plain", "value": LEDE}],
-            "bodies": [{"role": "main", "contenttype": "text/html", "value": BODY_HTML}],
-            "by": "Ivan Shevchenko",
-            "subjects": [{"name": "War", "uri": "https://example.org/section/war"},
-                         {"name": "Pokrovsk"}, {"name": "Drones"}],
-            "genres": [{"name": "Current", "uri": "http://cv.iptc.org/newscodes/genre/Current"}],
-            "associations": [{
-                "name": "featureimage", "type": "picture", "uri": guid + "/photo", "by": "General Staff",
-                "descriptions": [{"value": "Drone view near Pokrovsk"}],
-                "renditions": [{"name": "original", "href": PICTURE, "contenttype": "image/jpeg",
-                                "width": 1920, "height": 1080, "sizeinbytes": 350000}],
-            }],
-        }).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "uri": guid,
+                "type": "text",
+                "version": "1",
+                "versioncreated": "2025-07-18T19:16:00+03:00",
+                "firstcreated": "2025-07-18T18:00:00+03:00",
+                "pubstatus": "usable",
+                "language": "en",
+                "headlines": [{"role": "main", "value": headline}],
+                "descriptions": [{"role": "summary", "contenttype": "text/plain", "value": LEDE}],
+                "bodies": [{"role": "main", "contenttype": "text/html", "value": BODY_HTML}],
+                "by": "Ivan Shevchenko",
+                "subjects": [
+                    {"name": "War", "uri": "https://example.org/section/war"},
+                    {"name": "Pokrovsk"},
+                    {"name": "Drones"},
+                ],
+                "genres": [{"name": "Current", "uri": "http://cv.iptc.org/newscodes/genre/Current"}],
+                "associations": [
+                    {
+                        "name": "featureimage",
+                        "type": "picture",
+                        "uri": guid + "/photo",
+                        "by": "General Staff",
+                        "descriptions": [{"value": "Drone view near Pokrovsk"}],
+                        "renditions": [
+                            {
+                                "name": "original",
+                                "href": PICTURE,
+                                "contenttype": "image/jpeg",
+                                "width": 1920,
+                                "height": 1080,
+                                "sizeinbytes": 350000,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ).encode()
     if fmt == "column":
-        return json.dumps({
-            "guid": guid, "version": 1, "headline": headline, "lede": LEDE, "body_html": BODY_HTML,
-            "author": {"name": "Vitaly Portnikov", "bio": "journalist"}, "section": "opinion",
-            "tags": ["Pokrovsk", "Drones"], "language": "en", "written_at": "2025-07-18T19:16:00+03:00",
-            "source_url": "https://example.org/original", "disclaimer": "Opinions are the author's own.",
-        }).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "guid": guid,
+                "version": 1,
+                "headline": headline,
+                "lede": LEDE,
+                "body_html": BODY_HTML,
+                "author": {"name": "Vitaly Portnikov", "bio": "journalist"},
+                "section": "opinion",
+                "tags": ["Pokrovsk", "Drones"],
+                "language": "en",
+                "written_at": "2025-07-18T19:16:00+03:00",
+                "source_url": "https://example.org/original",
+                "disclaimer": "Opinions are the author's own.",
+            }
+        ).encode()
     if fmt == "newsml-g2":
         nitf = "".join(_paragraphs(12)).replace(' onclick="track()"', "")
         return f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -170,8 +203,12 @@ def instrumented() -> Iterator[tuple[Timer, Timer]]:
 
     parse_timer, sanitise_timer = Timer(), Timer()
     patched: list[tuple[Any, str, Any]] = [(service, "parse", parse_timer)]
-    patched += [(module, name, sanitise_timer) for module in (ninjs, newsml, feeds, column)
-                for name in ("sanitize_html", "html_to_text") if hasattr(module, name)]  # fmt: skip
+    patched += [
+        (module, name, sanitise_timer)
+        for module in (ninjs, newsml, feeds, column)
+        for name in ("sanitize_html", "html_to_text")
+        if hasattr(module, name)
+    ]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
     for module, name, timer in patched:
         setattr(module, name, timer.wrap(getattr(module, name)))
@@ -198,8 +235,9 @@ def _store_receipts(fmt: str, count: int, per_post: int, tag: str) -> list[int]:
                     [json.loads(story(fmt, f"urn:bench:{tag}:{n}:{k}")) for k in range(per_post)]
                 )
                 body = body.encode()
-            receipt = Receipt(source_id=source.id, content_type=CONTENT_TYPES[fmt], format=fmt, body=body,
-                              size=len(body))  # fmt: skip
+            receipt = Receipt(
+                source_id=source.id, content_type=CONTENT_TYPES[fmt], format=fmt, body=body, size=len(body)
+            )
             session.add(receipt)
             receipts.append(receipt)
         session.flush()
@@ -220,8 +258,13 @@ def _round(fmt: str, posts: int, per_post: int, run: str) -> dict[str, float]:
                 assert all(row.outcome == "created" for row in outcomes), outcomes
         total = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-    return {"total": total, "cpu": cpu, "parse": parse_timer.seconds - sanitise_timer.seconds,
-            "sanitise": sanitise_timer.seconds, "store": total - parse_timer.seconds}  # fmt: skip
+    return {
+        "total": total,
+        "cpu": cpu,
+        "parse": parse_timer.seconds - sanitise_timer.seconds,
+        "sanitise": sanitise_timer.seconds,
+        "store": total - parse_timer.seconds,
+    }
 
 
 def _measure(fmt: str, posts: int, per_post: int = 1) -> dict[str, Any]:
@@ -252,7 +295,7 @@ def _measure(fmt: str, posts: int, per_post: int = 1) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     """Items per second per worker process for every format, with the parse/sanitise/store split."""
     from shared.migrate import upgrade
-    from tests.support import newsroom_environment
+    from tests.helpers.support import newsroom_environment
 
     posts = int(os.environ.get("NEWSROOM_BENCH_ITEMS", "300"))
     data_dir = tempfile.mkdtemp(prefix="newsroom-bench-ingest-")

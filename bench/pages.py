@@ -5,7 +5,7 @@ Measures, on this machine, in one run:
   generator, one path after another: `/feeds/all.atom` as 200s and as 304s, `/`, a story page,
   a tag page and `/sitemaps/news.xml`: requests/s, latency p50 and p99 (target: `/` and the
   story page at no less than half the rate of `/feeds/all.atom`, with p99 under 5 ms);
-- a spike beside the pipeline: the pipeline as separate processes (tests/cluster.py), posts
+- a spike beside the pipeline: the pipeline as separate processes (tests/helpers/cluster.py), posts
   flowing at BENCH_SPIKE_RATE a second, wire -> `/feeds/all.atom` latency without readers,
   then again while BENCH_SPIKE_READERS concurrent readers read `/` and story pages (each
   pausing BENCH_SPIKE_READER_PAUSE_MS between pages; 0 reads flat out), then once more
@@ -315,8 +315,8 @@ def spike() -> dict[str, Any]:
     from services.ingest.service import add_source
     from shared.db import session_scope
     from shared.migrate import upgrade
-    from tests.cluster import Cluster
-    from tests.support import newsroom_environment
+    from tests.helpers.cluster import Cluster
+    from tests.helpers.support import newsroom_environment
 
     directory = Path(tempfile.mkdtemp(prefix="newsroom-bench-spike-"))
     url = f"sqlite:///{directory / 'newsroom.db'}" if SPIKE_BACKEND == "sqlite" else postgres_url()

@@ -9,7 +9,7 @@ Measures, on this machine, in one run:
 - the peak memory of each process.
 Environment: BENCH_RATE (50), BENCH_SECONDS (60), BENCH_POSTS (2000), BENCH_ARCHIVE (100000),
 BENCH_BACKENDS (sqlite,postgresql), BENCH_DRAIN_SECONDS (600: how long a phase waits for its posts
-before the next begins).
+before the next begins), BENCH_BASELINE (on).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import redis as redis_lib
 from lxml import etree
 
 from shared.db import session_scope
-from tests.cluster import Cluster, OwnRedis
-from tests.support import newsroom_environment
+from tests.helpers.cluster import Cluster, OwnRedis
+from tests.helpers.support import newsroom_environment
 
 RATE = float(os.environ.get("BENCH_RATE", "50"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
@@ -41,10 +41,14 @@ ARCHIVE = int(os.environ.get("BENCH_ARCHIVE", "100000"))
 BACKENDS = os.environ.get("BENCH_BACKENDS", "sqlite,postgresql").split(",")
 # How long a phase waits for the stories it posted before the next phase begins.
 DRAIN_SECONDS = float(os.environ.get("BENCH_DRAIN_SECONDS", "600"))
+# BENCH_BASELINE=off skips the empty-chain baseline (for quick comparisons of the pipeline alone).
+BASELINE = os.environ.get("BENCH_BASELINE", "on") != "off"
 ATOM = "{http://www.w3.org/2005/Atom}"
-BODY = "".join(f"<p>Paragraph {i} of a realistic story, with <a href='https://example.org/{i}'>a link</a>, "
-               f"<strong>emphasis</strong> and enough words to weigh about four kilobytes in all.</p>"
-               for i in range(22))  # fmt: skip
+BODY = "".join(
+    f"<p>Paragraph {i} of a realistic story, with <a href='https://example.org/{i}'>a link</a>, "
+    f"<strong>emphasis</strong> and enough words to weigh about four kilobytes in all.</p>"
+    for i in range(22)
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,12 +91,30 @@ def chain_baseline(broker: str, *, chains: int = 2000, solo: bool = False) -> di
     client = redis_lib.Redis.from_url(broker)
     client.flushdb()
     pool = ["-P", "solo"] if solo else ["-c", "2", "-P", "prefork"]
-    command = [sys.executable, "-m", "celery", "-A", "bench.chain", "worker", *pool, "--loglevel", "WARNING",
-               "--without-gossip", "--without-mingle"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.chain",
+        "worker",
+        *pool,
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     workers = []
     for n in range(2 if solo else 1):
-        workers.append(subprocess.Popen([*command, "-n", f"chain{n}@%h"], env=env, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        workers.append(
+            subprocess.Popen(
+                [*command, "-n", f"chain{n}@%h"],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     from bench.chain import app, hop1
 
     app.conf.broker_url = broker
@@ -116,8 +138,11 @@ def chain_baseline(broker: str, *, chains: int = 2000, solo: bool = False) -> di
         for worker in workers:
             os.killpg(worker.pid, 15)
             worker.wait(timeout=30)
-    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "chains_per_s": round(chains / elapsed, 1)}  # fmt: skip
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "chains_per_s": round(chains / elapsed, 1),
+    }
 
 
 # --- the pipeline ------------------------------------------------------------------------------
@@ -159,12 +184,16 @@ class FeedWatcher:
 def ninjs(headline: str) -> bytes:
     import json
 
-    return json.dumps({
-        "uri": f"urn:bench:{headline}", "version": "1", "language": "en",
-        "headlines": [{"role": "main", "value": headline}],
-        "bodies": [{"role": "main", "contenttype": "text/html", "value": BODY}],
-        "subjects": [{"name": "Bench"}],
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "uri": f"urn:bench:{headline}",
+            "version": "1",
+            "language": "en",
+            "headlines": [{"role": "main", "value": headline}],
+            "bodies": [{"role": "main", "contenttype": "text/html", "value": BODY}],
+            "subjects": [{"name": "Bench"}],
+        }
+    ).encode()
 
 
 def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: float) -> dict[str, Any]:
@@ -201,9 +230,14 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
     watcher.close()
     wait_until_all_published(deadline)
     latencies = [watcher.seen[h] - t for h, t in sent.items() if h in watcher.seen]
-    return {"posts": total, "rate_per_s": rate, "in_feed": len(latencies),
-            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-            "p99_ms": percentile(latencies, 99)}  # fmt: skip
+    return {
+        "posts": total,
+        "rate_per_s": rate,
+        "in_feed": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+    }
 
 
 def wait_until_all_published(deadline: float) -> None:
@@ -246,10 +280,14 @@ def sustained(cluster: Cluster, source: str, token: str, *, posts: int) -> dict[
     deadline = time.perf_counter() + 600
     while time.perf_counter() < deadline:
         with session_scope(read_only=True) as session:
-            published = session.scalar(
-                select(func.count()).select_from(Story)
-                .where(Story.id > last_before, Story.status == "published")
-            ) or 0  # fmt: skip
+            published = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Story)
+                    .where(Story.id > last_before, Story.status == "published")
+                )
+                or 0
+            )
         if published >= posts:
             break
         time.sleep(0.1)
@@ -261,8 +299,13 @@ def sustained(cluster: Cluster, source: str, token: str, *, posts: int) -> dict[
             break
         time.sleep(0.05)
     done = time.perf_counter() - started
-    return {"posts": posts, "accepted_s": round(accepted, 2), "published_s": round(all_published, 2),
-            "in_feed_s": round(done, 2), "posts_per_s": round(posts / done, 1)}  # fmt: skip
+    return {
+        "posts": posts,
+        "accepted_s": round(accepted, 2),
+        "published_s": round(all_published, 2),
+        "in_feed_s": round(done, 2),
+        "posts_per_s": round(posts / done, 1),
+    }
 
 
 def seed_archive(count: int) -> float:
@@ -280,14 +323,26 @@ def seed_archive(count: int) -> float:
     batch = 5000
     for offset in range(0, count, batch):
         rows = [
-            {"source_id": source_id, "guid": f"urn:archive:{n}", "slug": f"archive-{n}",
-             "status": "published", "revision": 2, "wire_version": 1, "content_hash": f"{n:064d}",
-             "headline": f"Archived story {n}",
-             "lede": "An archived story.", "body_html": "<p>Archived.</p>", "body_text": "Archived.",
-             "section": ("world", "business", "sport", "culture")[n % 4], "author_slug": f"author-{n % 50}",
-             "published_at": now - timedelta(minutes=n), "created_at": now, "modified_at": now}
+            {
+                "source_id": source_id,
+                "guid": f"urn:archive:{n}",
+                "slug": f"archive-{n}",
+                "status": "published",
+                "revision": 2,
+                "wire_version": 1,
+                "content_hash": f"{n:064d}",
+                "headline": f"Archived story {n}",
+                "lede": "An archived story.",
+                "body_html": "<p>Archived.</p>",
+                "body_text": "Archived.",
+                "section": ("world", "business", "sport", "culture")[n % 4],
+                "author_slug": f"author-{n % 50}",
+                "published_at": now - timedelta(minutes=n),
+                "created_at": now,
+                "modified_at": now,
+            }
             for n in range(offset, min(count, offset + batch))
-        ]  # fmt: skip
+        ]
         with session_scope() as session:
             session.execute(insert(Story), rows)
     # As after any bulk load: the planner's statistics, which autovacuum would gather only
@@ -348,13 +403,14 @@ def run() -> dict[str, Any]:
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}}
     with tempfile.TemporaryDirectory(prefix="newsroom-bench-") as temp:
         root = Path(temp)
-        own = OwnRedis(root / "baseline-redis")
-        own.start()
-        try:
-            results["baseline_chain"] = chain_baseline(own.url)
-            results["baseline_chain_two_solo_workers"] = chain_baseline(own.url, solo=True)
-        finally:
-            own.stop()
+        if BASELINE:
+            own = OwnRedis(root / "baseline-redis")
+            own.start()
+            try:
+                results["baseline_chain"] = chain_baseline(own.url)
+                results["baseline_chain_two_solo_workers"] = chain_baseline(own.url, solo=True)
+            finally:
+                own.stop()
         for backend in BACKENDS:
             # BENCH_ARCHIVE=0 runs the empty database once (no second phase of the same name).
             for archive in sorted({0, ARCHIVE}):
@@ -374,6 +430,8 @@ def run() -> dict[str, Any]:
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, checked against this run."""
     checks: dict[str, Any] = {}
+    if "baseline_chain" not in results:
+        return checks
     chain_rate = results["baseline_chain"]["chains_per_s"]
     for backend in BACKENDS:
         runs = results.get(backend, {})

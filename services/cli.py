@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared import tasknames
 from shared.errors import NewsroomError
 from shared.logs import events_held, hold_events, log_file, setup_logging
 
 log = logging.getLogger("newsroom")
 
-QUEUES = "ingest,publish,syndicate"
+QUEUES = ",".join(tasknames.QUEUES)
 
 
 def _print(data: Any) -> None:
@@ -42,8 +43,15 @@ def cmd_api(args: argparse.Namespace) -> None:
     from shared.redis import redis_url
 
     redis_url()
-    uvicorn.run("services.app:app", host=args.host, port=args.port, log_level="info", log_config=None,
-                proxy_headers=True, access_log=False)  # fmt: skip
+    uvicorn.run(
+        "services.app:app",
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        log_config=None,
+        proxy_headers=True,
+        access_log=False,
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -52,11 +60,21 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if args.pool == "solo" and args.concurrency > 1:
         _supervise_workers(args)
         return
-    argv = ["worker", "-Q", args.queues, "-P", args.pool, "--loglevel", args.loglevel,
-            "-n", f"newsroom-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+    argv = [
+        "worker",
+        "-Q",
+        args.queues,
+        "-P",
+        args.pool,
+        "--loglevel",
+        args.loglevel,
+        "-n",
+        f"newsroom-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if log_file() is not None:  # under `newsroom up`: no banner on the terminal
         argv.insert(0, "--quiet")
-    celery.worker_process()
     if args.pool == "solo":
         # A solo worker runs tasks in its main thread, where Celery enforces no time limit.
         celery.enforce_time_limits()
@@ -78,8 +96,20 @@ def _supervise_workers(args: argparse.Namespace) -> None:
 
     from shared.config import get_settings
 
-    command = [sys.executable, "-m", "services.cli", "worker", "-Q", args.queues, "-c", "1", "-P", "solo",
-               "--loglevel", args.loglevel]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "worker",
+        "-Q",
+        args.queues,
+        "-c",
+        "1",
+        "-P",
+        "solo",
+        "--loglevel",
+        args.loglevel,
+    ]
     children = [subprocess.Popen(command) for _ in range(args.concurrency)]
     stopping = threading.Event()
 
@@ -158,13 +188,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         stderr=subprocess.STDOUT if quiet else None,
     )
     if worker.stdout is not None:
-        threading.Thread(target=_relay_worker_output, args=(worker.stdout,), name="worker-output",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=_relay_worker_output, args=(worker.stdout,), name="worker-output", daemon=True
+        ).start()
     stop = threading.Event()
     ticker = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
     ticker.start()
-    config = uvicorn.Config("services.app:app", host=args.host, port=args.port, log_level="warning",
-                            log_config=None, access_log=False)  # fmt: skip
+    config = uvicorn.Config(
+        "services.app:app",
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     if args.demo:
         from services.demo import run_demo
@@ -281,9 +318,15 @@ def cmd_source_add(args: argparse.Namespace) -> None:
     if bool(args.poll) != bool(args.every):
         raise SystemExit("--poll and --every go together")
     with session_scope() as session:
-        source, token = add_source(session, name=args.name, format=args.format, timezone=args.timezone,
-                                   auto_publish=args.auto_publish, poll_url=args.poll,
-                                   poll_every=args.every)  # fmt: skip
+        source, token = add_source(
+            session,
+            name=args.name,
+            format=args.format,
+            timezone=args.timezone,
+            auto_publish=args.auto_publish,
+            poll_url=args.poll,
+            poll_every=args.every,
+        )
         print(f"source {source.name} (id {source.id}, {source.format})")
     print(f"wire token (shown once): {token}")
 
@@ -300,8 +343,11 @@ def cmd_source_list(args: argparse.Namespace) -> None:
     for view in views:
         poll = f"every {view['poll_every']}s {view['poll_url']}" if view["poll_url"] else "push"
         # A source whose polls keep failing says so, with why and when it tries again.
-        health = (f"FAILING x{view['poll_failures']} (next {view['next_poll_at']}): {view['last_error']}"
-                  if view["failing"] else "ok")  # fmt: skip
+        health = (
+            f"FAILING x{view['poll_failures']} (next {view['next_poll_at']}): {view['last_error']}"
+            if view["failing"]
+            else "ok"
+        )
         print(f"{view['id']:>4}  {view['name']:<20} {view['format']:<10} {poll}  {health}")
 
 
@@ -349,8 +395,10 @@ def cmd_token_list(args: argparse.Namespace) -> None:
         return
     print(f"{'name':<28} {'role':<7} {'state':<8} {'created':<20} {'last used':<20} expires")
     for view in views:
-        print(f"{view['name']:<28} {view['role']:<7} {view['state']:<8} {_minute(view['created_at']):<20} "
-              f"{_minute(view['last_used_at']):<20} {_minute(view['expires_at'])}")  # fmt: skip
+        print(
+            f"{view['name']:<28} {view['role']:<7} {view['state']:<8} {_minute(view['created_at']):<20} "
+            f"{_minute(view['last_used_at']):<20} {_minute(view['expires_at'])}"
+        )
 
 
 def _minute(moment: str | None) -> str:
@@ -371,8 +419,15 @@ def cmd_partner_add(args: argparse.Namespace) -> None:
     from shared.db import session_scope
 
     with session_scope() as session:
-        partner = add_partner(session, name=args.name, url=args.url, format=args.format,
-                              sections=args.section, tags=args.tag, labels=args.label)  # fmt: skip
+        partner = add_partner(
+            session,
+            name=args.name,
+            url=args.url,
+            format=args.format,
+            sections=args.section,
+            tags=args.tag,
+            labels=args.label,
+        )
         secret = partner.secret
         print(f"partner {partner.name} (id {partner.id}) -> {partner.url}")
     print(f"signing secret (shown once): {secret}")
@@ -419,9 +474,16 @@ def cmd_publish(args: argparse.Namespace) -> None:
     at = parse_at(args.at)
     try:
         with session_scope() as session:
-            outcome = publish_story(session, story_id=args.id, actor=args.actor, labels=args.label,
-                                    at=at, expected_version=args.expected_version, silent=args.silent,
-                                    note=args.note)  # fmt: skip
+            outcome = publish_story(
+                session,
+                story_id=args.id,
+                actor=args.actor,
+                labels=args.label,
+                at=at,
+                expected_version=args.expected_version,
+                silent=args.silent,
+                note=args.note,
+            )
             view = {**story_view(outcome.story), "event": outcome.event}
     except SkipEvent as skip:
         with session_scope(read_only=True) as session:
@@ -435,8 +497,13 @@ def cmd_unpublish(args: argparse.Namespace) -> None:
     from shared.db import session_scope
 
     with session_scope() as session:
-        outcome = unpublish_story(session, story_id=args.id, reason=args.reason, actor=args.actor,
-                                  expected_version=args.expected_version)  # fmt: skip
+        outcome = unpublish_story(
+            session,
+            story_id=args.id,
+            reason=args.reason,
+            actor=args.actor,
+            expected_version=args.expected_version,
+        )
         view = {**story_view(outcome.story), "event": outcome.event}
     _print(view)
 
@@ -450,8 +517,9 @@ def cmd_stories_list(args: argparse.Namespace) -> None:
 
     tz = get_settings().tz
     with session_scope(read_only=True) as session:
-        stories = list_stories(session, status=args.status, section=args.section, q=args.q,
-                               limit=args.limit, offset=args.offset)  # fmt: skip
+        stories = list_stories(
+            session, status=args.status, section=args.section, q=args.q, limit=args.limit, offset=args.offset
+        )
         if args.json:
             _print([story_view(story) for story in stories])
             return
@@ -460,8 +528,10 @@ def cmd_stories_list(args: argparse.Namespace) -> None:
             moment = story.publish_at if story.status == "scheduled" else story.published_at
             when = local(moment, tz).strftime("%Y-%m-%d %H:%M") if moment else "-"
             labels = ",".join(story.label_names) or "-"
-            print(f"{story.id:>6}  {story.status:<11} v{story.revision:<3} {when:<16} {labels:<16} "
-                  f"{story.headline}")  # fmt: skip
+            print(
+                f"{story.id:>6}  {story.status:<11} v{story.revision:<3} {when:<16} {labels:<16} "
+                f"{story.headline}"
+            )
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -488,8 +558,9 @@ def cmd_ingest(args: argparse.Namespace) -> None:
             source = session.scalars(select(Source).where(Source.name == args.source)).first()
             if source is None:
                 raise SystemExit(f"no source {args.source!r}")
-            result = service.accept_post(session, source=source, content_type=args.content_type or
-                                         _guess_type(args.file), body=body)  # fmt: skip
+            result = service.accept_post(
+                session, source=source, content_type=args.content_type or _guess_type(args.file), body=body
+            )
             receipt_id, status = result.receipt_id, result.status
     deadline = time.monotonic() + args.wait
     while True:
@@ -505,8 +576,12 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def _guess_type(path: str) -> str | None:
     suffix = Path(path).suffix.lower()
-    return {".json": None, ".xml": "application/xml", ".rss": "application/rss+xml",
-            ".atom": "application/atom+xml"}.get(suffix)  # fmt: skip
+    return {
+        ".json": None,
+        ".xml": "application/xml",
+        ".rss": "application/rss+xml",
+        ".atom": "application/atom+xml",
+    }.get(suffix)
 
 
 def cmd_feeds_export(args: argparse.Namespace) -> None:
@@ -519,15 +594,18 @@ def cmd_feeds_export(args: argparse.Namespace) -> None:
 def cmd_deliveries_list(args: argparse.Namespace) -> None:
     from services.syndicate.api import list_deliveries
 
-    deliveries = list_deliveries(partner=args.partner, status=args.status, story_id=args.story,
-                                 limit=args.limit)  # fmt: skip
+    deliveries = list_deliveries(
+        partner=args.partner, status=args.status, story_id=args.story, limit=args.limit
+    )
     if args.json:
         _print(deliveries)
         return
     for view in deliveries:
-        print(f"{view['id']}  {view['partner']:<16} story {view['story_id']:<6} v{view['version']:<3} "
-              f"{view['event']:<16} {view['status']:<10} attempts={view['attempts']} "
-              f"{view['last_error'] or ''}")  # fmt: skip
+        print(
+            f"{view['id']}  {view['partner']:<16} story {view['story_id']:<6} v{view['version']:<3} "
+            f"{view['event']:<16} {view['status']:<10} attempts={view['attempts']} "
+            f"{view['last_error'] or ''}"
+        )
 
 
 def cmd_deliveries_replay(args: argparse.Namespace) -> None:
@@ -573,8 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["solo", "prefork"],
         help="solo: one process per -c, each taking its own messages (the default)",
     )
-    worker.add_argument("--loglevel", default=os.environ.get("NEWSROOM_LOG_LEVEL", "INFO"),
-                        help="default: NEWSROOM_LOG_LEVEL, else INFO")  # fmt: skip
+    worker.add_argument(
+        "--loglevel",
+        default=os.environ.get("NEWSROOM_LOG_LEVEL", "INFO"),
+        help="default: NEWSROOM_LOG_LEVEL, else INFO",
+    )
     worker.set_defaults(func=cmd_worker)
 
     commands.add_parser("scheduler", help="the scheduler loop").set_defaults(func=cmd_scheduler)
@@ -610,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         state = source.add_parser(action, help=about)
         state.add_argument("name")
-        state.set_defaults(func=cmd_source_state)  # fmt: skip
+        state.set_defaults(func=cmd_source_state)
 
     token = commands.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an editor or admin token")
@@ -644,11 +725,16 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         state = partner.add_parser(action, help=about)
         state.add_argument("name")
-        state.set_defaults(func=cmd_partner_state)  # fmt: skip
+        state.set_defaults(func=cmd_partner_state)
     rotate = partner.add_parser("rotate-secret", help="a new signing secret, printed once")
     rotate.add_argument("name")
-    rotate.add_argument("--grace", type=_duration, default=None, metavar="DURATION",
-                        help="the old secret also signs every push this long (e.g. 1h)")  # fmt: skip
+    rotate.add_argument(
+        "--grace",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="the old secret also signs every push this long (e.g. 1h)",
+    )
     rotate.set_defaults(func=cmd_partner_rotate_secret)
 
     prune = commands.add_parser("prune", help="remove what the retention policy says is old")
@@ -689,8 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source")
     ingest.add_argument("--content-type")
     ingest.add_argument("--retry", type=int, metavar="RECEIPT")
-    ingest.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                        help="wait this long for the worker and show what became of each item")  # fmt: skip
+    ingest.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for the worker and show what became of each item",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     feeds = commands.add_parser("feeds", help="feeds").add_subparsers(dest="feeds_command", required=True)
@@ -699,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_feeds_export)
 
     deliveries = commands.add_parser("deliveries", help="partner deliveries").add_subparsers(
-        dest="deliveries_command", required=True)  # fmt: skip
+        dest="deliveries_command", required=True
+    )
     dlist = deliveries.add_parser("list", help="deliveries, newest first")
     dlist.add_argument("--status", choices=["pending", "sent", "dead", "superseded"])
     dlist.add_argument("--partner")

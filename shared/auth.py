@@ -55,8 +55,9 @@ def create_token(
         raise ValueError("a token's lifetime must be positive")
     token = f"nr_{role}_{secrets.token_urlsafe(24)}"
     expires_at = utcnow() + expires_in if expires_in is not None else None
-    session.add(Token(name=name, role=role, source_id=source_id, token_hash=hash_token(token),
-                      expires_at=expires_at))  # fmt: skip
+    session.add(
+        Token(name=name, role=role, source_id=source_id, token_hash=hash_token(token), expires_at=expires_at)
+    )
     session.flush()
     return token
 
@@ -97,11 +98,13 @@ def _note_use(token_id: int, digest: str, now: datetime) -> None:
             # Another process may have just written it: the condition keeps it to once a minute.
             session.execute(
                 update(Token)
-                .where(Token.id == token_id,
-                       (Token.last_used_at.is_(None)) | (Token.last_used_at < now - LAST_USED_EVERY))
+                .where(
+                    Token.id == token_id,
+                    (Token.last_used_at.is_(None)) | (Token.last_used_at < now - LAST_USED_EVERY),
+                )
                 .values(last_used_at=now)
                 .execution_options(synchronize_session=False)
-            )  # fmt: skip
+            )
     except Exception as error:
         # Bookkeeping only: a busy database never turns a valid token away.
         log.warning("token %s: last use not recorded: %s", token_id, error)
@@ -121,14 +124,19 @@ def list_tokens(session: Session) -> list[dict[str, Any]]:
             state = "expired"
         else:
             state = "active"
-        views.append({
-            "id": token.id, "name": token.name, "role": token.role, "source": source,
-            "created_at": token.created_at.isoformat(),
-            "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
-            "expires_at": token.expires_at.isoformat() if token.expires_at else None,
-            "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
-            "state": state,
-        })  # fmt: skip
+        views.append(
+            {
+                "id": token.id,
+                "name": token.name,
+                "role": token.role,
+                "source": source,
+                "created_at": token.created_at.isoformat(),
+                "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+                "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+                "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+                "state": state,
+            }
+        )
     return views
 
 

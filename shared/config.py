@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # An outbox task sent but not finished after this many seconds was lost
     # (Redis restarted empty, a worker killed): it is sent again.
     outbox_lease: float = 120.0
+    # Off sends every outbox event on its own instead of in batches (to measure what batches
+    # buy: bench/README.md).
+    outbox_batch: bool = True
+    # Off leaves every event to the broker instead of running an ingest's publishes and a
+    # publish's feed flags in the worker that emitted them (bench/README.md).
+    outbox_run_here: bool = True
     # CIDRs that outbound requests may reach although they are not public.
     outbound_allow: str = ""
     # Partner secrets are encrypted with keys derived from this (generated into the data dir if unset).

@@ -69,11 +69,7 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
-# Called with the session just before every write transaction commits.
-before_commit_hooks: list[Callable[[Session], None]] = []
-
-
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` once the session's transaction has committed."""
     session.info.setdefault("after_commit", []).append(callback)
 
@@ -109,8 +105,6 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
         try:
             yield session
             if not read_only:
-                for hook in before_commit_hooks:
-                    hook(session)
                 session.commit()
             # A reader's transaction ends with close() below, which (unlike rollback)
             # leaves what was loaded readable after the scope.
@@ -119,7 +113,7 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
             session.info.pop("after_commit", None)
             raise
         finally:
-            callbacks: list[Callable[[], None]] = session.info.pop("after_commit", [])
+            callbacks: list[Callable[[], object]] = session.info.pop("after_commit", [])
             session.close()
     for callback in callbacks:
         try:

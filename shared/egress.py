@@ -158,9 +158,13 @@ class GuardedBackend(httpcore.NetworkBackend):
         self._backend = httpcore.SyncBackend()
 
     def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:  # fmt: skip
+    ) -> httpcore.NetworkStream:
         last: Exception | None = None
         for address in permitted(host, port):
             try:
@@ -184,16 +188,19 @@ class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         self._backend = httpcore.AnyIOBackend()
 
     async def connect_tcp(
-        self, host: str, port: int,
+        self,
+        host: str,
+        port: int,
         timeout: float | None = None,  # noqa: ASYNC109  # httpcore's interface names it so
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:  # fmt: skip
+    ) -> httpcore.AsyncNetworkStream:
         last: Exception | None = None
         for address in await anyio.to_thread.run_sync(permitted, host, port):
             try:
-                return await self._backend.connect_tcp(str(address), port, timeout, local_address,
-                                                       socket_options)  # fmt: skip
+                return await self._backend.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
                 last = error
         assert last is not None

@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.models import Feed, MetricDelta, MetricTotal, Partner, Source
+from shared.tasknames import QUEUES
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("ingest", "publish", "syndicate")
 LATENCY_KEY = "newsroom:metrics:publish_to_feed"
 # At most this many deltas are folded per scrape (the rest wait for the next one).
 FOLD_BATCH = 100_000

@@ -17,9 +17,10 @@ from sqlalchemy import select
 from shared import retention
 from shared.celery import send_task
 from shared.db import session_scope
-from shared.events import sweep
 from shared.health import BEAT_EVERY, beat, stop_beating
 from shared.models import Delivery, Feed, Page, Source, Story, utcnow
+from shared.outbox import sweep
+from shared.tasknames import POLL_SOURCE, PUBLISH_DUE, RENDER_FEEDS, SWEEP_DELIVERIES, TaskRef
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +41,34 @@ def tick() -> list[str]:
     now = utcnow()
     with session_scope(read_only=True) as session:
         due = {
-            "publish.publish_due": session.scalar(
+            PUBLISH_DUE: session.scalar(
                 select(Story.id).where(Story.publish_at.is_not(None), Story.publish_at <= now).limit(1)
             ),
-            "syndicate.sweep_deliveries": session.scalar(
+            SWEEP_DELIVERIES: session.scalar(
                 select(Delivery.id)
                 .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
                 .limit(1)
             ),
-            "syndicate.render_feeds": session.scalar(
-                select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1)
-            )
+            RENDER_FEEDS: session.scalar(select(Feed.key).where(Feed.dirty_at.is_not(None)).limit(1))
             or session.scalar(select(Page.path).where(Page.dirty_at.is_not(None)).limit(1)),
         }
-        polls = list(session.scalars(
-            select(Source.id).where(Source.poll_url.is_not(None), Source.next_poll_at <= now)
-        ))  # fmt: skip
+        polls = list(
+            session.scalars(select(Source.id).where(Source.poll_url.is_not(None), Source.next_poll_at <= now))
+        )
     for task, found in due.items():
         if found is not None:
-            queued.append(task)
+            queued.append(task.name)
             _send(task, {})
     for source_id in polls:
-        queued.append("ingest.poll_source")
-        _send("ingest.poll_source", {"source_id": source_id})
+        queued.append(POLL_SOURCE.name)
+        _send(POLL_SOURCE, {"source_id": source_id})
     return queued
 
 
-def _send(task: str, kwargs: dict[str, object]) -> None:
+def _send(task: TaskRef, kwargs: dict[str, object]) -> None:
     try:
         # A tick not taken within a few seconds is replaced by the next one.
-        send_task(task, kwargs, expires=10)
+        send_task(task.name, kwargs, expires=10)
     except Exception as error:
         log.warning("could not queue %s: %s", task, error)
 

@@ -13,10 +13,24 @@ from shared.text import slugify
 
 # Fields of a story whose text comes from the wire or an editor.
 CONTENT_FIELDS = (
-    "headline", "lede", "body_html", "body_text", "byline", "author_name", "author_slug",
-    "author_bio", "section", "genre", "language", "source_url", "disclaimer", "picture",
-    "first_created", "version_created", "embargo_until",
-)  # fmt: skip
+    "headline",
+    "lede",
+    "body_html",
+    "body_text",
+    "byline",
+    "author_name",
+    "author_slug",
+    "author_bio",
+    "section",
+    "genre",
+    "language",
+    "source_url",
+    "disclaimer",
+    "picture",
+    "first_created",
+    "version_created",
+    "embargo_until",
+)
 # A change to one of these is substantive: republishing it earns the "updated" label.
 SUBSTANTIVE_FIELDS = ("headline", "lede", "body_html")
 LABELS = ("exclusive", "breaking", "opinion", "updated")
@@ -30,8 +44,16 @@ def jsonable(content: dict[str, Any]) -> dict[str, Any]:
 
 def snapshot(story: Story) -> dict[str, Any]:
     """The story as it is now, for its revision history."""
-    fields = ("status", "slug", *CONTENT_FIELDS, "published_at", "updated_at", "publish_at",
-              "correction_note", "pending")  # fmt: skip
+    fields = (
+        "status",
+        "slug",
+        *CONTENT_FIELDS,
+        "published_at",
+        "updated_at",
+        "publish_at",
+        "correction_note",
+        "pending",
+    )
     data = jsonable({name: getattr(story, name) for name in fields})
     data["tags"] = story.tag_names
     data["labels"] = story.label_names
@@ -42,8 +64,14 @@ def add_revision(
     session: Session, story: Story, action: str, *, actor: str | None, note: str | None = None
 ) -> Revision:
     """Record the story's current revision number with who did what and why."""
-    revision = Revision(story_id=story.id, number=story.revision, action=action, actor=actor,
-                        note=note, snapshot=snapshot(story))  # fmt: skip
+    revision = Revision(
+        story_id=story.id,
+        number=story.revision,
+        action=action,
+        actor=actor,
+        note=note,
+        snapshot=snapshot(story),
+    )
     session.add(revision)
     session.flush()
     announce_change(session)

@@ -117,8 +117,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_response(error: NewsroomError, **extra: object) -> JSONResponse:
     """The JSON body of every refusal: ``{"error": CODE, "detail": REASON}``."""
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse({"error": error.code, "detail": error.detail, **extra},
-                        status_code=error.status, headers=headers)  # fmt: skip
+    return JSONResponse(
+        {"error": error.code, "detail": error.detail, **extra}, status_code=error.status, headers=headers
+    )
 
 
 async def handle_newsroom_error(_request: Request, error: Exception) -> JSONResponse:

@@ -24,7 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Pipeline, wait_for
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 

@@ -31,8 +31,7 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import ROOT, wait_for
-from tests.support import PartnerServer
+from tests.helpers.support import ROOT, PartnerServer, wait_for
 
 UNCREATABLE = "/proc/newsroom-data"  # not even root can make a folder here
 BIN = Path(sys.executable).parent
@@ -163,8 +162,9 @@ class Services:
 
     def start(self, name: str, command: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
         with open(self.logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.running[name] = process
         return process
 
@@ -218,9 +218,12 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
 
     values = read_env_file(ROOT / ".env.example")
     # What an operator puts in .env: fresh secrets, and this machine's loopback partner allowed.
-    values.update(POSTGRES_PASSWORD=secrets.token_urlsafe(16), REDIS_PASSWORD=secrets.token_urlsafe(16),
-                  NEWSROOM_SECRET_KEY=secrets.token_urlsafe(32),
-                  NEWSROOM_OUTBOUND_ALLOW="127.0.0.1/32")  # fmt: skip
+    values.update(
+        POSTGRES_PASSWORD=secrets.token_urlsafe(16),
+        REDIS_PASSWORD=secrets.token_urlsafe(16),
+        NEWSROOM_SECRET_KEY=secrets.token_urlsafe(32),
+        NEWSROOM_OUTBOUND_ALLOW="127.0.0.1/32",
+    )
     raw = (ROOT / "compose.yaml").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
         interpolate(raw, {})  # no secret has a default in the file
@@ -232,8 +235,11 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
     redis_port = free_port()
     api_port = free_port()
     base = f"http://127.0.0.1:{api_port}"
-    machine = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", "LANG": "C.UTF-8",
-               "HOME": str(tmp_path)}  # fmt: skip
+    machine = {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "LANG": "C.UTF-8",
+        "HOME": str(tmp_path),
+    }
 
     def localize(name: str, value: str) -> str:
         value = value.replace("@redis:6379/", f"@127.0.0.1:{redis_port}/")
@@ -272,14 +278,29 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
                 assert check.returncode == 0, check.stdout + check.stderr
                 continue
             if name == "redis":
-                command = [redis_server, *service["command"][1:], "--port", str(redis_port),
-                           "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]  # fmt: skip
+                command = [
+                    redis_server,
+                    *service["command"][1:],
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(tmp_path),
+                    "--save",
+                    "",
+                ]
                 processes.start(name, command, machine, str(tmp_path))
                 env = {**machine, **service["environment"]}
                 test = service["healthcheck"]["test"]
                 health = [*test[:2], "-p", str(redis_port), *test[2:]]
-                wait_for(lambda health=health, env=env: run_check(health, env, str(tmp_path)).stdout.strip()
-                         == "PONG", timeout=20, what="compose's redis health check")  # fmt: skip
+                wait_for(
+                    lambda health=health, env=env: (
+                        run_check(health, env, str(tmp_path)).stdout.strip() == "PONG"
+                    ),
+                    timeout=20,
+                    what="compose's redis health check",
+                )
                 continue
             env = service_env(service)
             newsroom_env = env
@@ -287,8 +308,9 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
             cwd = "/proc"
             command = local_command(service["command"])
             if service.get("restart") == "no":  # a one-shot step (migrate) must finish well
-                done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
-                                      check=False)  # fmt: skip
+                done = subprocess.run(
+                    command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+                )
                 assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
                 continue
             assert service.get("restart") == "unless-stopped", f"{name} has no restart policy"
@@ -305,8 +327,15 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
 
         # One wire item through the running services to a feed and a partner.
         def cli(*args: str) -> str:
-            done = subprocess.run([str(BIN / "newsroom"), *args], env=newsroom_env, cwd="/proc",
-                                  capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+            done = subprocess.run(
+                [str(BIN / "newsroom"), *args],
+                env=newsroom_env,
+                cwd="/proc",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert done.returncode == 0, done.stdout + done.stderr
             return done.stdout
 
@@ -315,17 +344,35 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
         )
         cli("partner", "add", "compose-partner", "--url", partner.url)
         headline = f"Compose carries story {secrets.token_hex(3)}"
-        item = {"uri": "urn:compose:1", "type": "text", "version": "1", "headlines": [{"role": "main",
-                "value": headline}], "bodies": [{"role": "main", "contenttype": "text/html",
-                "value": "<p>From a wire, through every service.</p>"}]}  # fmt: skip
-        answer = httpx.post(f"{base}/v1/wire/compose-wire", json=item,
-                            headers={"Authorization": f"Bearer {token}",
-                                     "Content-Type": "application/ninjs+json"})  # fmt: skip
+        item = {
+            "uri": "urn:compose:1",
+            "type": "text",
+            "version": "1",
+            "headlines": [{"role": "main", "value": headline}],
+            "bodies": [
+                {
+                    "role": "main",
+                    "contenttype": "text/html",
+                    "value": "<p>From a wire, through every service.</p>",
+                }
+            ],
+        }
+        answer = httpx.post(
+            f"{base}/v1/wire/compose-wire",
+            json=item,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/ninjs+json"},
+        )
         assert answer.status_code == 202, answer.text
-        wait_for(lambda: headline in httpx.get(f"{base}/feeds/all.atom").text, timeout=30,
-                 what="the story in /feeds/all.atom")  # fmt: skip
-        wait_for(lambda: any(headline in push.body for push in partner.pushes), timeout=30,
-                 what="the push at the partner")  # fmt: skip
+        wait_for(
+            lambda: headline in httpx.get(f"{base}/feeds/all.atom").text,
+            timeout=30,
+            what="the story in /feeds/all.atom",
+        )
+        wait_for(
+            lambda: any(headline in push.body for push in partner.pushes),
+            timeout=30,
+            what="the push at the partner",
+        )
         assert not Path(UNCREATABLE).exists()
 
         # `docker compose stop`: reverse order, each within its grace period.

@@ -6,7 +6,7 @@ import socket
 
 from fastapi.testclient import TestClient
 
-from tests.support import newsroom_environment
+from tests.helpers.support import newsroom_environment
 
 
 def closed_port() -> int:
@@ -22,9 +22,11 @@ def test_wire_posts_and_readiness_answer_503_while_the_database_is_away(redis_ur
         from services.app import create_app
 
         client = TestClient(create_app(), raise_server_exceptions=False)
-        answer = client.post("/v1/wire/wire", content=b'{"uri": "urn:x"}',
-                             headers={"Authorization": "Bearer nr_wire_x",
-                                      "Content-Type": "application/ninjs+json"})  # fmt: skip
+        answer = client.post(
+            "/v1/wire/wire",
+            content=b'{"uri": "urn:x"}',
+            headers={"Authorization": "Bearer nr_wire_x", "Content-Type": "application/ninjs+json"},
+        )
         assert answer.status_code == 503, answer.text
         assert answer.headers["Retry-After"] == "5"
         assert answer.json()["error"] == "unavailable"

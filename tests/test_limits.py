@@ -30,9 +30,9 @@ from sqlalchemy.engine import Engine
 from services.app import create_app
 from shared.db import session_scope
 from shared.models import Receipt, Source
-from tests.cluster import free_port
-from tests.conftest import ROOT, Pipeline, wait_for
-from tests.support import newsroom_environment
+from tests.helpers.cluster import free_port
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT, newsroom_environment, wait_for
 
 pytestmark = pytest.mark.pipeline
 

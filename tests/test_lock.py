@@ -91,6 +91,9 @@ def test_the_lock_holds_exactly_what_the_project_needs_and_this_venv_has_it() ->
     names = {key.split("[")[0] for key in needed}
     assert names - set(pins) == set(), "required but not pinned: run `make lock`"
     assert set(pins) - names == set(), "pinned but required by nothing: run `make lock`"
-    off = {name: (metadata.version(name), pins[name][0]) for name in names
-           if metadata.version(name) != pins[name][0]}  # fmt: skip
+    off = {
+        name: (metadata.version(name), pins[name][0])
+        for name in names
+        if metadata.version(name) != pins[name][0]
+    }
     assert not off, f"installed versions differ from the lock (run `make install`): {off}"

@@ -54,8 +54,12 @@ class DemoPartner:
                     self.end_headers()
                     return
                 partner.received.append(payload)
-                log.info("demo partner <- %s %s (webhook-id %s)", payload["type"],
-                         payload["data"]["headlines"][0]["value"], self.headers["webhook-id"])  # fmt: skip
+                log.info(
+                    "demo partner <- %s %s (webhook-id %s)",
+                    payload["type"],
+                    payload["data"]["headlines"][0]["value"],
+                    self.headers["webhook-id"],
+                )
                 self.send_response(204)
                 self.end_headers()
 
@@ -103,11 +107,16 @@ def _ninjs(item: dict[str, Any], index: int) -> dict[str, Any]:
         "language": "en",
         "headlines": [{"role": "main", "value": headline}],
         "descriptions": [{"role": "summary", "value": f"{headline}."}],
-        "bodies": [{"role": "main", "contenttype": "text/html",
-                    "value": f"<p>{headline}.</p><p>Wire copy for the demonstration.</p>"}],
+        "bodies": [
+            {
+                "role": "main",
+                "contenttype": "text/html",
+                "value": f"<p>{headline}.</p><p>Wire copy for the demonstration.</p>",
+            }
+        ],
         "by": "Newsroom wire desk",
         "subjects": [{"name": "News", "uri": "http://example.org/section/news"}, {"name": "Ukraine"}],
-    }  # fmt: skip
+    }
 
 
 def _column_for(item: dict[str, Any], index: int) -> dict[str, Any]:
@@ -147,8 +156,10 @@ def _run_demo(base: str, server: Any, started: float) -> None:
     client = httpx.Client(base_url=base, timeout=30)
     editor = {"Authorization": f"Bearer {tokens['editor']}"}
     wire = {"Authorization": f"Bearer {tokens['wire']}", "Content-Type": "application/ninjs+json"}
-    columns = {"Authorization": f"Bearer {tokens['columns']}",
-               "Content-Type": "application/vnd.newsroom.column+json"}  # fmt: skip
+    columns = {
+        "Authorization": f"Bearer {tokens['columns']}",
+        "Content-Type": "application/vnd.newsroom.column+json",
+    }
 
     receipts: list[tuple[int, list[dict[str, Any]]]] = []
     news = [(i, item) for i, item in enumerate(more_news) if item["label"] != "opinion"]
@@ -170,18 +181,29 @@ def _run_demo(base: str, server: Any, started: float) -> None:
     for status, items in statuses:
         for row, item in zip(status["items"], items, strict=False):
             labels = [item["label"]] if item["label"] in ("exclusive", "breaking") else []
-            client.post(f"/v1/stories/{row['story_id']}/publish", headers=editor,
-                        json={"labels": labels, "at": item["time"]})  # fmt: skip
+            client.post(
+                f"/v1/stories/{row['story_id']}/publish",
+                headers=editor,
+                json={"labels": labels, "at": item["time"]},
+            )
             published.append((row["story_id"], item))
     _progress(f"published {len(published)} stories (backdated to their wire times)")
     for story_id, item in published:
         if item["label"] == "updated":
             story = client.get(f"/v1/stories/{story_id}", headers=editor).json()
-            client.patch(f"/v1/stories/{story_id}", headers=editor,
-                         json={"lede": "The package is approved; the details follow.",
-                               "expected_version": story["version"]})  # fmt: skip
-            client.post(f"/v1/stories/{story_id}/publish", headers=editor,
-                        json={"note": "Adds the ambassadors' decision."})  # fmt: skip
+            client.patch(
+                f"/v1/stories/{story_id}",
+                headers=editor,
+                json={
+                    "lede": "The package is approved; the details follow.",
+                    "expected_version": story["version"],
+                },
+            )
+            client.post(
+                f"/v1/stories/{story_id}/publish",
+                headers=editor,
+                json={"note": "Adds the ambassadors' decision."},
+            )
 
     column_story = client.get(f"/v1/stories/{published[-1][0]}", headers=editor).json()
     deadline = time.monotonic() + 30
@@ -190,15 +212,18 @@ def _run_demo(base: str, server: Any, started: float) -> None:
         if column_story["headline"].split("—")[0].strip() in feed and len(partner.received) >= len(published):
             break
         time.sleep(0.1)
-    _progress(f"the column is in /feeds/all.atom; {len(partner.received)} signed pushes verified "
-              "at the demo partner")  # fmt: skip
+    _progress(
+        f"the column is in /feeds/all.atom; {len(partner.received)} signed pushes verified "
+        "at the demo partner"
+    )
     settings = get_settings()
-    print(f"""
+    print(
+        f"""
 Newsroom demo is running ({time.monotonic() - started:.1f}s from start, {time.monotonic() - ready:.1f}s
 from ready to the column in /feeds/all.atom and {len(partner.received)} pushes at the demo partner).
 
   Front page     {settings.site_url}/
-  A column       {settings.site_url}/stories/{column_story['slug']}
+  A column       {settings.site_url}/stories/{column_story["slug"]}
   Feeds          {settings.site_url}/feeds/all.rss  /feeds/all.atom  /feeds/all.json
                  {settings.site_url}/feeds/section/opinion.atom  /feeds/label/exclusive.rss
   News sitemap   {settings.site_url}/sitemaps/news.xml
@@ -206,15 +231,17 @@ from ready to the column in /feeds/all.atom and {len(partner.received)} pushes a
   Desk           {settings.site_url}/desk  (sign in with the editor token)
 
   Tokens (shown once)
-    wire source "wire"      {tokens['wire']}
-    column source "columns" {tokens['columns']}
-    editor                  {tokens['editor']}
-    admin                   {tokens['admin']}
-  Partner "demo-partner" at {partner.url}, secret {tokens['partner_secret']}
+    wire source "wire"      {tokens["wire"]}
+    column source "columns" {tokens["columns"]}
+    editor                  {tokens["editor"]}
+    admin                   {tokens["admin"]}
+  Partner "demo-partner" at {partner.url}, secret {tokens["partner_secret"]}
 
 From here on, one line per event (story published, feeds rendered, delivery sent or failed).
 Ctrl-C stops everything.
-""", flush=True)  # fmt: skip
+""",
+        flush=True,
+    )
 
 
 def _wait_receipt(client: httpx.Client, receipt_id: int, headers: dict[str, str]) -> dict[str, Any]:

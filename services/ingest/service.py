@@ -22,13 +22,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.ingest.normalize import slugify
 from services.ingest.parsers import FORMATS, count_items, format_for_content_type, parse
 from services.ingest.parsers.base import ItemError, MalformedPost, ParsedItem
-from shared import egress
+from shared import egress, tasknames
 from shared.auth import create_token, revoke_source_tokens
 from shared.config import get_settings
 from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unprocessable
-from shared.events import emit
 from shared.logs import CONSOLE
 from shared.models import Receipt, ReceiptItem, Source, Story, utcnow
+from shared.outbox import emit
 from shared.stories import CONTENT_FIELDS, add_revision, jsonable, set_labels, set_tags
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ def accept_post(
     if check.status != 202:
         return _reject(session, receipt, check.status, check.error or "", check.detail or "")
     session.flush()
-    # Gathered: under load a worker takes many posts in one run.
-    emit(session, "ingest.process_receipt", gather=True, receipt_id=receipt.id)
+    # Batched: under load a worker takes many posts in one run.
+    emit(session, tasknames.PROCESS_RECEIPT, {"receipt_id": receipt.id}, batch=True)
     log.info("receipt %s from %s: %d items queued", receipt.id, source.name, check.items)
     return PostResult(receipt=receipt, status=202, items=check.items or 0)
 
@@ -179,7 +179,7 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
     receipt.status = "pending"
     receipt.error = None
     session.flush()
-    emit(session, "ingest.process_receipt", receipt_id=receipt.id)
+    emit(session, tasknames.PROCESS_RECEIPT, {"receipt_id": receipt.id})
     log.info("receipt %s queued again", receipt.id)
     return receipt
 
@@ -434,15 +434,15 @@ def _slug_candidates(source: Source, item: ParsedItem) -> list[str]:
 def _after_ingest(session: Session, source: Source, story: Story, item: ParsedItem, *, new: bool) -> None:
     if item.pubstatus == "canceled":
         if not new and story.status in ("published", "scheduled"):
-            emit(session, "publish.unpublish_story", story_id=story.id,
-                 reason="canceled by the wire", actor=f"source:{source.name}")  # fmt: skip
+            actor = f"source:{source.name}"
+            canceled = {"story_id": story.id, "reason": "canceled by the wire", "actor": actor}
+            emit(session, tasknames.UNPUBLISH_STORY, canceled)
         return
     if item.pubstatus == "usable" and source.auto_publish:
         # The publish task honours the item's embargo by scheduling it.
-        # Run by this worker right after the commit, in one batch with the other stories of
-        # its run: no trip through the broker.
-        emit(session, "publish.publish_story", gather=True, here=True, story_id=story.id,
-             actor=f"source:{source.name}", expected_version=story.revision)  # fmt: skip
+        # Batched: in one run with the other stories waiting.
+        publish = {"story_id": story.id, "actor": f"source:{source.name}", "expected_version": story.revision}
+        emit(session, tasknames.PUBLISH_STORY, publish, batch=True)
 
 
 def _set_tags_and_labels(story: Story, item: ParsedItem) -> None:

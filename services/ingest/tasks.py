@@ -7,31 +7,34 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.ingest import service
-from shared.celery import newsroom_task, run_gathered
+from shared.batches import run_batch
 from shared.config import get_settings
 from shared.db import session_scope
+from shared.outbox import finish
+from shared.tasknames import POLL_SOURCE, PROCESS_RECEIPT
+from shared.tasks import batch_task, newsroom_task
 
-# Receipts taken in one transaction by a gathered run.
+# Receipts taken in one transaction by a batch run.
 BATCH = 50
 
 
-@newsroom_task("ingest.process_receipt")
-def process_receipt(receipt_id: int | None = None) -> None:
-    """Turn a stored post's items into stories; without a receipt, a batch of the posts waiting.
-
-    The API's posts are gathered events (``shared.celery.run_gathered``): under load one run
-    takes many receipts in one transaction.
-    """
-    if receipt_id is None:
-        # On SQLite writers take turns: the posts are parsed before the write transaction.
-        prepare = _parse if get_settings().sqlalchemy_url.startswith("sqlite") else None
-        run_gathered("ingest.process_receipt", _process, prepare=prepare, limit=BATCH)
-        return
+@newsroom_task(PROCESS_RECEIPT)
+def process_receipt(receipt_id: int) -> None:
+    """Turn a stored post's items into stories."""
     # Parsed first, outside the write transaction: on SQLite writers take turns.
     with session_scope(read_only=True) as session:
         parsed = service.parse_receipt(session, receipt_id)
     with session_scope() as session:
         service.process_receipt(session, receipt_id, parsed=parsed)
+        finish(session)
+
+
+@batch_task(PROCESS_RECEIPT)
+def process_receipts() -> None:
+    """Turn the waiting posts into stories, up to ``BATCH`` of them in one transaction."""
+    # On SQLite writers take turns: the posts are parsed before the write transaction.
+    prepare = _parse if get_settings().sqlalchemy_url.startswith("sqlite") else None
+    run_batch(PROCESS_RECEIPT, _process, prepare=prepare, limit=BATCH)
 
 
 def _parse(session: Session, kwargs: dict[str, Any]) -> service.ParsedReceipt:
@@ -42,7 +45,7 @@ def _process(session: Session, kwargs: dict[str, Any], parsed: service.ParsedRec
     service.process_receipt(session, kwargs["receipt_id"], parsed=parsed)
 
 
-@newsroom_task("ingest.poll_source")
+@newsroom_task(POLL_SOURCE)
 def poll_source(source_id: int) -> None:
     """Fetch a polled source's document and take it in like a push (queued by the scheduler)."""
     with session_scope() as session:

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shared.announce import announce_story
 from shared.errors import Conflict, NotFound, PermanentError, SkipEvent, Unprocessable
-from shared.events import announce_story
 from shared.logs import CONSOLE
 from shared.models import Revision, Story, utcnow
 from shared.stories import (

@@ -10,11 +10,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from services.publish import service
-from shared.celery import newsroom_task, run_gathered
+from shared.batches import run_batch
 from shared.db import session_scope
 from shared.errors import Conflict, SkipEvent, TransientError
+from shared.outbox import finish
+from shared.tasknames import PUBLISH_DUE, PUBLISH_STORY, UNPUBLISH_STORY
+from shared.tasks import batch_task, newsroom_task
 
-# Auto-publishes taken in one transaction by a gathered run.
+# Auto-publishes taken in one transaction by a batch run.
 BATCH = 50
 
 
@@ -29,38 +32,42 @@ def _story_changed_is_not_a_failure(story_id: int) -> Iterator[None]:
         raise TransientError(f"story {story_id} changed meanwhile") from error
 
 
-@newsroom_task("publish.publish_story")
-def publish_story(
-    story_id: int | None = None, actor: str | None = None, expected_version: int | None = None
-) -> None:
-    """Publish a story (an auto-publish source's item); its embargo schedules it.
-
-    Without a story, a batch of the gathered ones waiting, in one transaction
-    (``shared.celery.run_gathered``).
-    """
-    if story_id is None:
-        run_gathered("publish.publish_story", _publish, limit=BATCH)
-        return
+@newsroom_task(PUBLISH_STORY)
+def publish_story(story_id: int, actor: str | None = None, expected_version: int | None = None) -> None:
+    """Publish a story (an auto-publish source's item); its embargo schedules it."""
     with session_scope() as session:
         _publish(session, {"story_id": story_id, "actor": actor, "expected_version": expected_version})
+        finish(session)
+
+
+@batch_task(PUBLISH_STORY)
+def publish_stories() -> None:
+    """Publish the waiting stories, up to ``BATCH`` of them in one transaction."""
+    run_batch(PUBLISH_STORY, _publish, limit=BATCH)
 
 
 def _publish(session: Session, kwargs: dict[str, Any], _: object = None) -> None:
     story_id = kwargs["story_id"]
     with _story_changed_is_not_a_failure(story_id):
-        service.publish_story(session, story_id=story_id, actor=kwargs.get("actor"),
-                              expected_version=kwargs.get("expected_version"), automatic=True)  # fmt: skip
+        service.publish_story(
+            session,
+            story_id=story_id,
+            actor=kwargs.get("actor"),
+            expected_version=kwargs.get("expected_version"),
+            automatic=True,
+        )
 
 
-@newsroom_task("publish.publish_due")
+@newsroom_task(PUBLISH_DUE)
 def publish_due() -> None:
     """Publish the scheduled and embargoed stories whose time has come."""
     with session_scope() as session:
         service.publish_due(session)
 
 
-@newsroom_task("publish.unpublish_story")
+@newsroom_task(UNPUBLISH_STORY)
 def unpublish_story(story_id: int, reason: str, actor: str | None = None) -> None:
     """Take a story down (the wire canceled it)."""
     with _story_changed_is_not_a_failure(story_id), session_scope() as session:
         service.unpublish_story(session, story_id=story_id, reason=reason, actor=actor)
+        finish(session)

@@ -25,6 +25,7 @@ from sqlalchemy import inspect as sa_inspect
 from shared.config import Settings
 from shared.models import Story
 from shared.ninjs import rfc3339, story_url
+from shared.stories import LABELS as LABELS  # re-exported: the feed modules name it from here
 from shared.text import slugify
 
 FeedKind = Literal["all", "section", "tag", "author", "label"]
@@ -32,7 +33,6 @@ FeedFormat = Literal["rss", "atom", "json"]
 
 FEED_KINDS: tuple[str, ...] = get_args(FeedKind)
 FEED_FORMATS: tuple[str, ...] = get_args(FeedFormat)
-LABELS: tuple[str, ...] = ("exclusive", "breaking", "opinion", "updated")
 MEDIA_TYPES: dict[str, str] = {
     "rss": "application/rss+xml; charset=utf-8",
     "atom": "application/atom+xml; charset=utf-8",
@@ -227,8 +227,14 @@ _ITEMS_MAX = 1024
 _ITEMS_LOCK = threading.Lock()
 # The columns whose values say whether a story's entry changed: a feed reads these first
 # and loads the whole story only for entries it has not built.
-ITEM_KEY_COLUMNS = (Story.id, Story.revision, Story.modified_at, Story.published_at, Story.updated_at,
-                    Story.status)  # fmt: skip
+ITEM_KEY_COLUMNS = (
+    Story.id,
+    Story.revision,
+    Story.modified_at,
+    Story.published_at,
+    Story.updated_at,
+    Story.status,
+)
 
 
 def _item_key(values: Sequence[Any], settings: Settings) -> tuple[Any, ...]:

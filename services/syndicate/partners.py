@@ -30,13 +30,14 @@ from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
+from shared import tasknames
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.egress import async_client, check_url, redact_url
 from shared.errors import Conflict, NotFound, Unprocessable
-from shared.events import emit
 from shared.logs import CONSOLE
 from shared.models import Delivery, Partner, utcnow
+from shared.outbox import emit
 from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,16 @@ log = logging.getLogger(__name__)
 # The waits before the 2nd … 10th attempt (the 1st retries once at once, inside itself);
 # after the 10th attempt fails the delivery is dead.
 RETRY_LADDER = (
-    timedelta(seconds=5), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2),
-    timedelta(hours=5), timedelta(hours=10), timedelta(hours=14), timedelta(hours=20),
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=14),
+    timedelta(hours=20),
     timedelta(hours=24),
-)  # fmt: skip
+)
 RETRYABLE_STATUSES = frozenset({408, 429})
 # Waits are stretched by up to this fraction, so partners that failed together do not retry together.
 JITTER = 0.1
@@ -62,10 +69,15 @@ DELIVERY_STATUSES = ("pending", "sent", "dead", "superseded")
 
 
 def add_partner(
-    session: Session, *, name: str, url: str, format: str = "ninjs",
-    sections: list[str] | None = None, tags: list[str] | None = None,
+    session: Session,
+    *,
+    name: str,
+    url: str,
+    format: str = "ninjs",
+    sections: list[str] | None = None,
+    tags: list[str] | None = None,
     labels: list[str] | None = None,
-) -> Partner:  # fmt: skip
+) -> Partner:
     """Create a partner with a fresh signing secret (``partner.secret``, shown once, stored sealed)."""
     if not name.strip():
         raise Unprocessable("name: a partner needs a name")
@@ -79,9 +91,15 @@ def add_partner(
         raise Conflict(
             f"partner {name!r} exists" + (" (removed; its name stays taken)" if existing.removed_at else "")
         )
-    partner = Partner(name=name, url=url, format=format, secret=new_secret(),
-                      sections=_clean(sections), tags=_clean(tags),
-                      labels=[label.lower() for label in _clean(labels)])  # fmt: skip
+    partner = Partner(
+        name=name,
+        url=url,
+        format=format,
+        secret=new_secret(),
+        sections=_clean(sections),
+        tags=_clean(tags),
+        labels=[label.lower() for label in _clean(labels)],
+    )
     session.add(partner)
     session.flush()
     log.info("partner %s (id %s) added: %s", partner.name, partner.id, redact_url(partner.url))
@@ -116,8 +134,11 @@ def rotate_secret(session: Session, *, name: str, grace: timedelta | None = None
     secret = new_secret()
     partner.secret = secret
     until = partner.previous_secret_until
-    log.info("partner %s: signing secret rotated; the old one signs until %s", partner.name,
-             until.isoformat() if until else "now")  # fmt: skip
+    log.info(
+        "partner %s: signing secret rotated; the old one signs until %s",
+        partner.name,
+        until.isoformat() if until else "now",
+    )
     return secret
 
 
@@ -188,8 +209,9 @@ def acquire_slot(partner_id: int, delivery_id: str, *, limit: int) -> bool:
     """Take one of the partner's slots for this delivery; the slot frees itself after the lease."""
     now = time.time()
     lease = ATTEMPT_LEASE.total_seconds()
-    taken = get_redis().eval(_ACQUIRE, 1, _slots_key(partner_id), delivery_id, limit, now, now + lease,
-                             int(lease) + 1)  # fmt: skip
+    taken = get_redis().eval(
+        _ACQUIRE, 1, _slots_key(partner_id), delivery_id, limit, now, now + lease, int(lease) + 1
+    )
     return bool(taken)
 
 
@@ -241,68 +263,96 @@ def _same_story(row: Any, delivery: Any) -> ColumnElement[bool]:
     return and_(row.partner_id == delivery.partner_id, row.story_id == delivery.story_id)
 
 
-def claim(delivery_id: str, *, now: datetime) -> Attempt | str:
-    """Claim the next attempt of a delivery, or say why not (its status, or a reason)."""
+def claim(session: Session, delivery_id: str, *, now: datetime) -> Attempt | str:
+    """Claim a delivery's next attempt in the caller's transaction, or say why not (status or reason)."""
     settings = get_settings()
-    with session_scope() as session:
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None:
-            raise NotFound(f"delivery {delivery_id} not found")
-        if delivery.status != "pending":
-            return delivery.status
-        partner = session.get_one(Partner, delivery.partner_id)
-        if not partner.enabled:
-            delivery.status = "dead"
-            delivery.next_attempt_at = None
-            delivery.last_error = f"partner disabled: {partner.disabled_reason or 'by an admin'}"
-            _release_next(session, delivery)
-            log.info("delivery %s: dead, partner %s is disabled", delivery.id, partner.name)
-            return "dead"
-        due = delivery.attempts == 0 or (
-            delivery.next_attempt_at is not None and delivery.next_attempt_at <= now
-        )
-        if not due:
-            return "not due"
-        # A replayed old version after a newer one went out is never sent.
-        if session.scalar(select(exists().where(
-            _same_story(Delivery, delivery), Delivery.story_revision > delivery.story_revision,
-            Delivery.status == "sent",
-        ))):  # fmt: skip
-            return _supersede(session, delivery, now=now)
-        # Each version goes out, in order: this one waits while an older one is pending.
-        if session.scalar(select(exists().where(
-            _same_story(Delivery, delivery), Delivery.story_revision < delivery.story_revision,
-            Delivery.status == "pending",
-        ))):  # fmt: skip
-            log.info("delivery %s: waits for an older version of story %s to %s",
-                     delivery.id, delivery.story_id, partner.name)  # fmt: skip
-            return "waiting"
-        if not acquire_slot(partner.id, delivery.id, limit=settings.partner_concurrency):
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery.id, Delivery.status == "pending")
-                .values(next_attempt_at=now + BUSY_WAIT * (1 + random.random() * JITTER))
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id} not found")
+    if delivery.status != "pending":
+        return delivery.status
+    partner = session.get_one(Partner, delivery.partner_id)
+    if not partner.enabled:
+        delivery.status = "dead"
+        delivery.next_attempt_at = None
+        delivery.last_error = f"partner disabled: {partner.disabled_reason or 'by an admin'}"
+        _release_next(session, delivery)
+        log.info("delivery %s: dead, partner %s is disabled", delivery.id, partner.name)
+        return "dead"
+    due = delivery.attempts == 0 or (delivery.next_attempt_at is not None and delivery.next_attempt_at <= now)
+    if not due:
+        return "not due"
+    # A replayed old version after a newer one went out is never sent.
+    if session.scalar(
+        select(
+            exists().where(
+                _same_story(Delivery, delivery),
+                Delivery.story_revision > delivery.story_revision,
+                Delivery.status == "sent",
             )
-            log.info("delivery %s: partner %s has %d attempts in flight; put back",
-                     delivery.id, partner.name, settings.partner_concurrency)  # fmt: skip
-            return "busy"
-        number = session.execute(
+        )
+    ):
+        return _supersede(session, delivery, now=now)
+    # Each version goes out, in order: this one waits while an older one is pending.
+    if session.scalar(
+        select(
+            exists().where(
+                _same_story(Delivery, delivery),
+                Delivery.story_revision < delivery.story_revision,
+                Delivery.status == "pending",
+            )
+        )
+    ):
+        log.info(
+            "delivery %s: waits for an older version of story %s to %s",
+            delivery.id,
+            delivery.story_id,
+            partner.name,
+        )
+        return "waiting"
+    if not acquire_slot(partner.id, delivery.id, limit=settings.partner_concurrency):
+        session.execute(
             update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.status == "pending",
-                   (Delivery.attempts == 0) | (Delivery.next_attempt_at <= now))
-            .values(attempts=Delivery.attempts + 1, next_attempt_at=now + ATTEMPT_LEASE,
-                    last_status=None, last_error=None)
-            .returning(Delivery.attempts)
-            .execution_options(synchronize_session=False)
-        ).scalar()  # fmt: skip
-        if number is None:
-            release_slot(partner.id, delivery.id)
-            return _status_now(session, delivery.id)
-        return Attempt(
-            delivery_id=delivery.id, number=number, partner_id=partner.id, partner=partner.name,
-            url=partner.url, secrets=tuple(partner.signing_secrets(now)), payload=delivery.payload,
-            story_id=delivery.story_id, version=delivery.story_revision,
-        )  # fmt: skip
+            .where(Delivery.id == delivery.id, Delivery.status == "pending")
+            .values(next_attempt_at=now + BUSY_WAIT * (1 + random.random() * JITTER))
+        )
+        log.info(
+            "delivery %s: partner %s has %d attempts in flight; put back",
+            delivery.id,
+            partner.name,
+            settings.partner_concurrency,
+        )
+        return "busy"
+    number = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery.id,
+            Delivery.status == "pending",
+            (Delivery.attempts == 0) | (Delivery.next_attempt_at <= now),
+        )
+        .values(
+            attempts=Delivery.attempts + 1,
+            next_attempt_at=now + ATTEMPT_LEASE,
+            last_status=None,
+            last_error=None,
+        )
+        .returning(Delivery.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar()
+    if number is None:
+        release_slot(partner.id, delivery.id)
+        return _status_now(session, delivery.id)
+    return Attempt(
+        delivery_id=delivery.id,
+        number=number,
+        partner_id=partner.id,
+        partner=partner.name,
+        url=partner.url,
+        secrets=tuple(partner.signing_secrets(now)),
+        payload=delivery.payload,
+        story_id=delivery.story_id,
+        version=delivery.story_revision,
+    )
 
 
 def _status_now(session: Session, delivery_id: str) -> str:
@@ -313,12 +363,14 @@ def _status_now(session: Session, delivery_id: str) -> str:
 
 def _supersede(session: Session, delivery: Delivery, *, now: datetime) -> str:
     """A newer version of the story reached the partner: this one is never sent."""
-    done = _rows(session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.status == "pending", ~_in_flight(Delivery, now))
-        .values(status="superseded", next_attempt_at=None)
-        .execution_options(synchronize_session=False)
-    ))  # fmt: skip
+    done = _rows(
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.status == "pending", ~_in_flight(Delivery, now))
+            .values(status="superseded", next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
     if not done:
         return _status_now(session, delivery.id)
     log.info("delivery %s: superseded by a newer version of story %s", delivery.id, delivery.story_id)
@@ -366,8 +418,13 @@ async def post_once(
     client: httpx.AsyncClient, attempt: Attempt, *, at: datetime, limit: float
 ) -> AttemptResult:
     """One POST; the answer's body is not read (a partner cannot stall us with it)."""
-    request = client.build_request("POST", attempt.url, content=attempt.payload.encode(),
-                                   headers=request_headers(attempt, at), timeout=limit)  # fmt: skip
+    request = client.build_request(
+        "POST",
+        attempt.url,
+        content=attempt.payload.encode(),
+        headers=request_headers(attempt, at),
+        timeout=limit,
+    )
     try:
         async with asyncio.timeout(limit):
             response = await client.send(request, stream=True)
@@ -456,8 +513,12 @@ def record_attempt(attempt: Attempt, result: AttemptResult, *, now: datetime) ->
         delivery = session.get_one(Delivery, attempt.delivery_id, with_for_update=True)
         if delivery.status != "pending" or delivery.attempts != attempt.number:
             # The lease ran out and a later attempt owns the row now.
-            log.warning("delivery %s attempt %d: outcome %s came too late; ignored",
-                        delivery.id, attempt.number, result.error or result.status)  # fmt: skip
+            log.warning(
+                "delivery %s attempt %d: outcome %s came too late; ignored",
+                delivery.id,
+                attempt.number,
+                result.error or result.status,
+            )
             return delivery.status
         partner = session.get_one(Partner, delivery.partner_id)
         delivery.last_status = result.status
@@ -486,12 +547,21 @@ def record_attempt(attempt: Attempt, result: AttemptResult, *, now: datetime) ->
             delivery.next_attempt_at = None
             if status is not None and 300 <= status < 400:
                 delivery.last_error = f"HTTP {status}: redirected to {result.location or '?'}; not followed"
-        log.info("delivery %s to %s (story %s v%s) attempt %d: %s, %s after %d tries%s",
-                 delivery.id, partner.name, delivery.story_id, delivery.story_revision, attempt.number,
-                 delivery.status, delivery.last_error or status, result.tries,
-                 f", next at {delivery.next_attempt_at.isoformat()}"
-                 if delivery.status == "pending" and delivery.next_attempt_at else "",
-                 extra=CONSOLE)  # fmt: skip
+        log.info(
+            "delivery %s to %s (story %s v%s) attempt %d: %s, %s after %d tries%s",
+            delivery.id,
+            partner.name,
+            delivery.story_id,
+            delivery.story_revision,
+            attempt.number,
+            delivery.status,
+            delivery.last_error or status,
+            result.tries,
+            f", next at {delivery.next_attempt_at.isoformat()}"
+            if delivery.status == "pending" and delivery.next_attempt_at
+            else "",
+            extra=CONSOLE,
+        )
         if delivery.status != "pending":
             _release_next(session, delivery)
         return delivery.status
@@ -500,12 +570,14 @@ def record_attempt(attempt: Attempt, result: AttemptResult, *, now: datetime) ->
 def _disable(session: Session, partner: Partner, *, reason: str) -> None:
     partner.enabled = False
     partner.disabled_reason = reason
-    dropped = _rows(session.execute(
-        update(Delivery)
-        .where(Delivery.partner_id == partner.id, Delivery.status == "pending")
-        .values(status="dead", next_attempt_at=None, last_error=f"partner disabled: {reason}")
-        .execution_options(synchronize_session=False)
-    ))  # fmt: skip
+    dropped = _rows(
+        session.execute(
+            update(Delivery)
+            .where(Delivery.partner_id == partner.id, Delivery.status == "pending")
+            .values(status="dead", next_attempt_at=None, last_error=f"partner disabled: {reason}")
+            .execution_options(synchronize_session=False)
+        )
+    )
     log.warning("partner %s disabled (%s); %d pending deliveries dead", partner.name, reason, dropped)
 
 
@@ -513,12 +585,16 @@ def _release_next(session: Session, delivery: Delivery) -> None:
     """Wake the next version of the same story for the same partner, now that this one is done."""
     following = session.scalars(
         select(Delivery.id)
-        .where(_same_story(Delivery, delivery), Delivery.status == "pending",
-               Delivery.story_revision > delivery.story_revision)
-        .order_by(Delivery.story_revision).limit(1)
-    ).first()  # fmt: skip
+        .where(
+            _same_story(Delivery, delivery),
+            Delivery.status == "pending",
+            Delivery.story_revision > delivery.story_revision,
+        )
+        .order_by(Delivery.story_revision)
+        .limit(1)
+    ).first()
     if following:
-        emit(session, "syndicate.deliver", delivery_id=following)
+        emit(session, tasknames.DELIVER, {"delivery_id": following})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,7 +616,8 @@ def deliver(delivery_id: str, *, now: datetime | None = None) -> str:
     ``now`` fixes the clock of the attempt (claim, signature and the next wait), for tests
     and tools; workers claim with ``claim`` and send on their outbound loop instead.
     """
-    attempt = claim(delivery_id, now=now or utcnow())
+    with session_scope() as session:
+        attempt = claim(session, delivery_id, now=now or utcnow())
     if isinstance(attempt, str):
         return attempt
 
@@ -567,15 +644,19 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 200) -> list
         older.story_revision < Delivery.story_revision,
         older.status == "pending",
     )
-    return list(session.scalars(
-        select(Delivery.id)
-        .where(Delivery.status == "pending", Delivery.next_attempt_at <= now, ~held)
-        .order_by(Delivery.next_attempt_at).limit(limit)
-    ))  # fmt: skip
+    return list(
+        session.scalars(
+            select(Delivery.id)
+            .where(Delivery.status == "pending", Delivery.next_attempt_at <= now, ~held)
+            .order_by(Delivery.next_attempt_at)
+            .limit(limit)
+        )
+    )
 
 
-def replay(session: Session, *, delivery_id: str | None = None, partner: str | None = None,
-           status: str | None = None) -> list[str]:  # fmt: skip
+def replay(
+    session: Session, *, delivery_id: str | None = None, partner: str | None = None, status: str | None = None
+) -> list[str]:
     """Send deliveries again, with the same webhook-id; a disabled partner is enabled again."""
     if status is not None and status not in DELIVERY_STATUSES:
         raise Unprocessable(f"status: one of {', '.join(DELIVERY_STATUSES)}")
@@ -594,8 +675,13 @@ def replay(session: Session, *, delivery_id: str | None = None, partner: str | N
     now = utcnow()
     replayed = []
     for delivery in deliveries:
-        if delivery.status == "pending" and delivery.attempts and not delivery.last_error \
-                and delivery.last_status is None and (delivery.next_attempt_at or now) > now:  # fmt: skip
+        if (
+            delivery.status == "pending"
+            and delivery.attempts
+            and not delivery.last_error
+            and delivery.last_status is None
+            and (delivery.next_attempt_at or now) > now
+        ):
             continue  # in flight right now
         owner = session.get_one(Partner, delivery.partner_id)
         if owner.removed_at is not None:
@@ -607,7 +693,7 @@ def replay(session: Session, *, delivery_id: str | None = None, partner: str | N
         delivery.status = "pending"
         delivery.attempts = 0
         delivery.next_attempt_at = now
-        emit(session, "syndicate.deliver", delivery_id=delivery.id)
+        emit(session, tasknames.DELIVER, {"delivery_id": delivery.id})
         replayed.append(delivery.id)
         log.info("delivery %s to %s: replayed", delivery.id, owner.name)
     return replayed

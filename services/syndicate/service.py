@@ -48,11 +48,12 @@ from services.syndicate.feeds import (
     render_items,
     section_slug,
 )
+from shared import tasknames
 from shared.config import get_settings
 from shared.db import after_commit, session_scope
-from shared.events import emit
 from shared.metrics import observe_publish_to_feed
 from shared.models import Feed, FeedDocument, Story, StoryLabel, StoryTag, utcnow
+from shared.outbox import emit
 from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
         formats = [document.format for document in changed]
         if changed and settings.hubs:
             urls = [feed_url(key, fmt, settings=settings) for fmt in formats]  # type: ignore[arg-type]
-            emit(session, "syndicate.ping_hubs", urls=urls)
+            emit(session, tasknames.PING_HUBS, {"urls": urls})
         announced = ([name] if changed else []) + [PAGE_PREFIX + path for path in changed_pages]
         if announced:
             after_commit(session, lambda: _announce_stored(*announced))

@@ -12,31 +12,39 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from services.syndicate import partners, service
 from services.syndicate.outbound import drain_outbound, get_outbound
-from shared.celery import app, newsroom_task, run_gathered, send_task
+from shared.batches import run_batch
+from shared.celery import send_task
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.egress import redact_url
 from shared.logs import CONSOLE
 from shared.models import utcnow
+from shared.outbox import finish
 from shared.redis import get_redis
+from shared.tasknames import DELIVER, PING_HUBS, RENDER_FEEDS, STORY_CHANGED, SWEEP_DELIVERIES
+from shared.tasks import batch_task, newsroom_task
 
 log = logging.getLogger(__name__)
 
 HUB_TIMEOUT = 10.0
-# Story changes taken in one transaction by a gathered run.
+# Story changes taken in one transaction by a batch run.
 CHANGES_BATCH = 500
 # A delivery queued by a sweep is not queued again by the next few sweeps.
 SWEEP_QUEUED_SECONDS = 5
 
 
-@newsroom_task("syndicate.story_changed")
+@newsroom_task(STORY_CHANGED)
 def story_changed(**change: Any) -> None:
-    """Flag the feeds that every changed story was or is in, and make sure a render round follows.
+    """Flag the feeds that a changed story was or is in, and make sure a render round follows."""
+    with session_scope() as session:
+        names = service.stories_changed(session, [change])
+        finish(session)
+    _flagged([change], names)
 
-    The events are gathered (``shared.celery.run_gathered``): one run takes all that are
-    pending, so in a burst the feeds are flagged once for many stories. An event sent on
-    its own carries its change.
-    """
+
+@batch_task(STORY_CHANGED)
+def stories_changed() -> None:
+    """Flag the feeds of every story change waiting, in one transaction: in a burst, once for many."""
     changes: list[dict[str, Any]] = []
     names: list[str] = []
 
@@ -44,21 +52,20 @@ def story_changed(**change: Any) -> None:
         changes.extend(taken)
         names.extend(service.stories_changed(session, changes))
 
-    if change:
-        with session_scope() as session:
-            flag(session, [change])
-    else:
-        run_gathered("syndicate.story_changed", limit=CHANGES_BATCH, finish=flag)
+    run_batch(STORY_CHANGED, limit=CHANGES_BATCH, finish=flag)
+    _flagged(changes, names)
+
+
+def _flagged(changes: list[dict[str, Any]], names: list[str]) -> None:
     if not changes:
         return
-    log.info("%d story changes (%s): feeds %s dirty", len(changes),
-             ", ".join(f"{c.get('story_id')} r{c.get('revision')} {c.get('event')}" for c in changes[:20]),
-             ", ".join(names[:50]))  # fmt: skip
+    stories = ", ".join(f"{c.get('story_id')} r{c.get('revision')} {c.get('event')}" for c in changes[:20])
+    log.info("%d story changes (%s): feeds %s dirty", len(changes), stories, ", ".join(names[:50]))
     service.note_change(len(changes))
     _schedule_round(service.claim_round())
 
 
-@newsroom_task("syndicate.render_feeds")
+@newsroom_task(RENDER_FEEDS)
 def render_feeds(scheduled: bool = False) -> None:
     """A render round: every dirty feed once (scheduled after a change, or by the sweep)."""
     outcome = service.run_round(scheduled=scheduled)
@@ -74,16 +81,17 @@ def _schedule_round(delay: float | None, *, scheduled: bool = True) -> None:
     if delay is None:
         return
     # A short countdown, not a long one: if it is lost, the scheduler's sweep renders.
-    app.send_task("syndicate.render_feeds", kwargs={"scheduled": scheduled}, countdown=max(0.0, delay),
-                  expires=30)  # fmt: skip
+    send_task(RENDER_FEEDS.name, {"scheduled": scheduled}, countdown=max(0.0, delay), expires=30)
 
 
-@newsroom_task("syndicate.deliver")
+@newsroom_task(DELIVER)
 def deliver(delivery_id: str) -> None:
     """Claim an attempt at a partner delivery and send it on this process's outbound loop."""
     # The sweep may queue it again from now on (a delivery put back for a busy partner).
     get_redis().delete(_queued_key(delivery_id))
-    attempt = partners.claim(delivery_id, now=utcnow())
+    with session_scope() as session:
+        attempt = partners.claim(session, delivery_id, now=utcnow())
+        finish(session)
     if isinstance(attempt, str):
         log.info("delivery %s: %s", delivery_id, attempt)
         return
@@ -94,7 +102,7 @@ def deliver(delivery_id: str) -> None:
     get_outbound().submit(send, what=f"delivery {delivery_id} attempt {attempt.number}")
 
 
-@newsroom_task("syndicate.sweep_deliveries")
+@newsroom_task(SWEEP_DELIVERIES)
 def sweep_deliveries() -> None:
     """Queue an attempt for each delivery whose next attempt is due."""
     with session_scope(read_only=True) as session:
@@ -103,14 +111,14 @@ def sweep_deliveries() -> None:
     for delivery_id in due:
         # Sweeps come every half second; one queued attempt per delivery is enough.
         if redis.set(_queued_key(delivery_id), 1, nx=True, ex=SWEEP_QUEUED_SECONDS):
-            send_task("syndicate.deliver", {"delivery_id": delivery_id})
+            send_task(DELIVER.name, {"delivery_id": delivery_id})
 
 
 def _queued_key(delivery_id: str) -> str:
     return f"newsroom:delivery:{delivery_id}:queued"
 
 
-@newsroom_task("syndicate.ping_hubs")
+@newsroom_task(PING_HUBS)
 def ping_hubs(urls: list[str]) -> None:
     """Tell every WebSub hub that these feeds changed (on the outbound loop, so a slow hub waits alone)."""
     for hub in get_settings().hubs:
@@ -130,8 +138,8 @@ async def _ping(client: httpx.AsyncClient, hub: str, url: str) -> None:
         reraise=True,
     ):
         with attempt:
-            response = await client.post(hub, data={"hub.mode": "publish", "hub.topic": url, "hub.url": url},
-                                         timeout=HUB_TIMEOUT)  # fmt: skip
+            ping = {"hub.mode": "publish", "hub.topic": url, "hub.url": url}
+            response = await client.post(hub, data=ping, timeout=HUB_TIMEOUT)
             response.raise_for_status()
     log.info("hub %s told of %s: %s", redact_url(hub), url, response.status_code)
 

@@ -9,10 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from shared.db import session_scope
-from shared.events import emit
 from shared.models import Failure, Receipt, Source
-from tests.chaos.conftest import ninjs, settle, setup_newsroom
-from tests.cluster import Cluster
+from shared.outbox import emit
+from shared.tasknames import PROCESS_RECEIPT
+from tests.helpers.chaos import ninjs, settle, setup_newsroom
+from tests.helpers.cluster import Cluster
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -100,12 +102,20 @@ def test_poison_task_is_capped_and_the_rest_flows(cluster: Cluster) -> None:
         # Stored posts whose format no parser knows: their task fails every time. One is
         # queued as the API queues posts (gathered, so it fails inside a batch first), one
         # on its own.
-        poisons = [Receipt(source_id=source_id, content_type="application/x-poison", format="poison",
-                           body=b"\x00poison", size=7) for _ in range(2)]  # fmt: skip
+        poisons = [
+            Receipt(
+                source_id=source_id,
+                content_type="application/x-poison",
+                format="poison",
+                body=b"\x00poison",
+                size=7,
+            )
+            for _ in range(2)
+        ]
         session.add_all(poisons)
         session.flush()
-        emit(session, "ingest.process_receipt", gather=True, receipt_id=poisons[0].id)
-        emit(session, "ingest.process_receipt", receipt_id=poisons[1].id)
+        emit(session, PROCESS_RECEIPT, {"receipt_id": poisons[0].id}, batch=True)
+        emit(session, PROCESS_RECEIPT, {"receipt_id": poisons[1].id})
         poison_ids = [poison.id for poison in poisons]
     guids = [f"urn:chaos:poison:{secrets.token_hex(4)}:{i}" for i in range(30)]
     receipts = cluster.burst(source, token, [ninjs(g) for g in guids], workers=4)
@@ -117,8 +127,6 @@ def test_poison_task_is_capped_and_the_rest_flows(cluster: Cluster) -> None:
         with session_scope(read_only=True) as session:
             failures = list(session.scalars(select(Failure).where(Failure.key.in_(keys))))
         return failures if {failure.key for failure in failures} == set(keys) else []
-
-    from tests.conftest import wait_for
 
     failures = wait_for(recorded, timeout=60, what="both poison receipts recorded as failed")
     assert sorted(failure.key for failure in failures) == sorted(keys)  # once each

@@ -15,9 +15,9 @@ from services.syndicate import partners
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Delivery, Revision, Story, utcnow
-from tests.chaos.conftest import ninjs, settle, setup_newsroom
-from tests.cluster import Cluster
-from tests.support import Reply
+from tests.helpers.chaos import ninjs, settle, setup_newsroom
+from tests.helpers.cluster import Cluster
+from tests.helpers.support import Reply
 
 pytestmark = pytest.mark.chaos
 
@@ -80,7 +80,7 @@ def test_partner_down_for_two_hours(cluster: Cluster) -> None:
             row = session.scalars(select(Delivery).join(Story).where(Story.guid == guid)).first()
             return row if row is not None and row.attempts == 1 and row.last_status == 503 else None
 
-    from tests.conftest import wait_for
+    from tests.helpers.support import wait_for
 
     delivery = wait_for(first_attempt_failed, timeout=30, what="the first attempt to fail")
     # From here the test holds the clock: no worker or scheduler acts on their own time.
@@ -123,7 +123,7 @@ def test_two_schedulers_publish_once(cluster: Cluster) -> None:
     guids = [f"urn:chaos:sched:{secrets.token_hex(4)}:{i}" for i in range(40)]
     receipts = cluster.burst(source, token, [ninjs(g) for g in guids], workers=4)
     editor = cluster_token("editor")
-    from tests.conftest import wait_for
+    from tests.helpers.support import wait_for
 
     def story_ids() -> list[int] | None:
         with session_scope(read_only=True) as session:
@@ -143,7 +143,7 @@ def test_two_schedulers_publish_once(cluster: Cluster) -> None:
         ).all()
         published = session.execute(
             select(Revision.story_id).join(Story).where(Story.guid.in_(guids), Revision.action == "published")
-        ).all()  # fmt: skip
+        ).all()
     assert early == []
     assert len(published) == len(guids)
     partner.close()

@@ -8,9 +8,6 @@ in .ci/run), where they fail.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,60 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Pipeline
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
-OUTPUT = ROOT / "test-output" / "desk"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class DeskServer:
-    """services.app served by uvicorn in a thread of the test process, on a loopback port."""
-
-    def __init__(self) -> None:
-        import uvicorn
-
-        self.port = _free_port()
-        config = uvicorn.Config(
-            "services.app:app",
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="desk-uvicorn", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from tests.helpers.deskserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, DeskServer
+from tests.helpers.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from services.desk.stream import LOOK_EVERY
 from services.syndicate.partners import add_partner
 from shared.db import session_scope
 from shared.models import Delivery, Partner
-from tests.conftest import ROOT, Pipeline, wait_for
-from tests.desk.conftest import AXE, DeskServer
-from tests.support import PartnerServer, Reply
+from tests.helpers.deskserver import AXE, DeskServer
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT, PartnerServer, Reply, wait_for
 
 pytestmark = pytest.mark.pipeline
 

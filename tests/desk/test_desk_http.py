@@ -17,8 +17,8 @@ from services.desk.sessions import SESSION_TTL, _key
 from shared.db import session_scope
 from shared.models import Revision
 from shared.redis import get_redis
-from tests.conftest import Pipeline
-from tests.desk.conftest import DeskServer
+from tests.helpers.deskserver import DeskServer
+from tests.helpers.pipeline import Pipeline
 
 pytestmark = pytest.mark.pipeline
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, wait_for
+from tests.helpers.support import ROOT, wait_for
 
 FIRST_SCREEN_SECONDS = 30
 MAX_LINES = 80
@@ -37,8 +37,9 @@ class Up:
         env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
         env.update(NEWSROOM_DATA_DIR=str(data), NEWSROOM_SITE_URL=self.base)
         command = [sys.executable, "-m", "services.cli", "up", "--port", str(port), "-c", "2", *args]
-        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.reader = threading.Thread(target=self._read, args=(time.monotonic(),), daemon=True)
         self.reader.start()
@@ -118,8 +119,11 @@ def test_verbose_brings_the_full_log_to_the_terminal(tmp_path: Path) -> None:
                 return False
 
         wait_for(ready, timeout=60, what="newsroom up -v")
-        wait_for(lambda: any("scheduler running" in line for _, line in list(lines.queue)), timeout=20,
-                 what="the scheduler's INFO line on the terminal")  # fmt: skip
+        wait_for(
+            lambda: any("scheduler running" in line for _, line in list(lines.queue)),
+            timeout=20,
+            what="the scheduler's INFO line on the terminal",
+        )
     finally:
         up.stop()
     text = "\n".join(line for _, line in drain(lines))

@@ -18,7 +18,8 @@ from shared.config import reset_settings
 from shared.db import session_scope
 from shared.errors import Conflict
 from shared.models import Receipt, Story
-from tests.conftest import ROOT, Pipeline
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT
 
 pytestmark = pytest.mark.pipeline
 
@@ -44,8 +45,13 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 
 
 def item(uri: str, **extra: Any) -> dict[str, Any]:
-    return {"uri": uri, "version": "1", "headlines": [{"value": f"Story {uri}"}],
-            "bodies": [{"contenttype": "text/html", "value": "<p>Body</p>"}], **extra}  # fmt: skip
+    return {
+        "uri": uri,
+        "version": "1",
+        "headlines": [{"value": f"Story {uri}"}],
+        "bodies": [{"contenttype": "text/html", "value": "<p>Body</p>"}],
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -88,8 +94,11 @@ def healthy(pipeline: Pipeline, wire: tuple[str, dict[str, str]]) -> None:
 
 def test_malformed_json_is_400_with_the_position(pipeline: Pipeline, wire: Any) -> None:
     error = refused(pipeline, wire, b'{"uri": "x",\n  "headline": "y",\n  "body_text" "z"}', NINJS, 400)
-    assert error == {"error": "malformed", "detail": "Expecting ':' delimiter (line 3, column 15)",
-                     "receipt": error["receipt"]}  # fmt: skip
+    assert error == {
+        "error": "malformed",
+        "detail": "Expecting ':' delimiter (line 3, column 15)",
+        "receipt": error["receipt"],
+    }
     healthy(pipeline, wire)
 
 
@@ -101,12 +110,18 @@ def test_malformed_xml_is_400_with_the_position(pipeline: Pipeline, wire: Any) -
 @pytest.mark.parametrize(
     ("body", "content_type", "detail"),
     [
-        (b'{"uri": "u", "headline": "caf\xe9", "body_text": "b"}', NINJS,
-         "invalid UTF-8 at byte 29 (line 1, column 30)"),
-        (b"<rss><channel>\n<title>caf\xe9</title></channel></rss>", RSS,
-         "invalid UTF-8 at byte 25 (line 2, column 11)"),
+        (
+            b'{"uri": "u", "headline": "caf\xe9", "body_text": "b"}',
+            NINJS,
+            "invalid UTF-8 at byte 29 (line 1, column 30)",
+        ),
+        (
+            b"<rss><channel>\n<title>caf\xe9</title></channel></rss>",
+            RSS,
+            "invalid UTF-8 at byte 25 (line 2, column 11)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_utf8_is_400(
     pipeline: Pipeline, wire: Any, body: bytes, content_type: str, detail: str
 ) -> None:
@@ -144,8 +159,14 @@ for body in (bomb, utf16) * 20:
         reasons.append(error.reason)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, len(reasons))
 """
-    done = subprocess.run([sys.executable, "-c", script], input=BILLION_LAUGHS, capture_output=True,
-                          cwd=ROOT, timeout=60, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=BILLION_LAUGHS,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
     grown_kib, refusals = map(int, done.stdout.split())
     assert refusals == 40
     # Expanded, the bomb would be 10**9 * 3 bytes; refused, it costs next to nothing.
@@ -213,11 +234,14 @@ def test_bad_items_are_refused_alone(pipeline: Pipeline, wire: Any) -> None:
     assert [(i["outcome"], i["error"]) for i in receipt["items"]] == [
         ("created", None),
         ("rejected", f"item 1 (urn:{tag}:headless) [headline]: item has no headline"),
-        ("rejected", f"item 2 (urn:{tag}:bad-time) [versioncreated]: "
-                     "unparseable time in versioncreated: 'next Tuesday'"),
+        (
+            "rejected",
+            f"item 2 (urn:{tag}:bad-time) [versioncreated]: "
+            "unparseable time in versioncreated: 'next Tuesday'",
+        ),
         ("rejected", f"item 3 (urn:{tag}:bodiless) [body]: item has no body"),
         ("created", None),
-    ]  # fmt: skip
+    ]
 
 
 def test_unparseable_time_is_422_naming_the_field(pipeline: Pipeline, wire: Any) -> None:
@@ -227,8 +251,10 @@ def test_unparseable_time_is_422_naming_the_field(pipeline: Pipeline, wire: Any)
         error["detail"]
         == "item 0 (urn:time) [embargoed]: unparseable time in embargoed: '2025-02-30T10:00:00Z'"
     )
-    rss = (b'<rss version="2.0"><channel><item><guid>g</guid><title>T</title><description>D</description>'
-           b"<pubDate>Someday, 31 Foo 2025</pubDate></item></channel></rss>")  # fmt: skip
+    rss = (
+        b'<rss version="2.0"><channel><item><guid>g</guid><title>T</title><description>D</description>'
+        b"<pubDate>Someday, 31 Foo 2025</pubDate></item></channel></rss>"
+    )
     error = refused(pipeline, wire, rss, RSS, 422)
     assert error["detail"] == "item 0 (g) [pubDate]: unparseable time in pubDate: 'Someday, 31 Foo 2025'"
     healthy(pipeline, wire)

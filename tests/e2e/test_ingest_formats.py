@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Receipt, Revision, Story
-from tests.conftest import ROOT, Pipeline
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT
 
 pytestmark = pytest.mark.pipeline
 
@@ -78,8 +79,13 @@ def test_ninjs_2_with_featured_picture(pipeline: Pipeline) -> None:
 
 
 def test_ninjs_2_array_of_documentation_examples(pipeline: Pipeline) -> None:
-    names = ("001_simple_example.json", "004_simple_text_article.json", "005_complex_text_article.json",
-             "003_associations_example.json", "006_photo_only.json")  # fmt: skip
+    names = (
+        "001_simple_example.json",
+        "004_simple_text_article.json",
+        "005_complex_text_article.json",
+        "003_associations_example.json",
+        "006_photo_only.json",
+    )
     entries = [json.loads((DATA / "ninjs" / name).read_text()) for name in names]
     _, accepted, receipt = ingest(pipeline, json.dumps(entries).encode(), "application/json")
     assert accepted["items"] == 5
@@ -100,9 +106,14 @@ def test_ninjs_2_array_of_documentation_examples(pipeline: Pipeline) -> None:
     associations = story(receipt["items"][3]["story_id"])
     assert associations.wire_version == 1
     assert associations.picture == {
-        "url": "http://mms.businesswire.com/media/newsItemId/en/369394/3/0025lf.jpg", "media_type": None,
-        "width": None, "height": None, "size": None, "caption": None, "credit": None,
-    }  # fmt: skip
+        "url": "http://mms.businesswire.com/media/newsItemId/en/369394/3/0025lf.jpg",
+        "media_type": None,
+        "width": None,
+        "height": None,
+        "size": None,
+        "caption": None,
+        "credit": None,
+    }
     # 001 and 005 share a headline: each story still has its own slug.
     first, medium = story(receipt["items"][0]["story_id"]), story(receipt["items"][2]["story_id"])
     assert first.headline == medium.headline
@@ -139,8 +150,9 @@ def test_ninjs_3_canceled_opinion(pipeline: Pipeline) -> None:
 
 
 def test_newsml_g2_news_item(pipeline: Pipeline) -> None:
-    _, accepted, receipt = ingest(pipeline, "newsml-g2/LISTING_2_NewsML-G2_Text_Document.xml",
-                                  "application/vnd.iptc.g2.newsitem+xml")  # fmt: skip
+    _, accepted, receipt = ingest(
+        pipeline, "newsml-g2/LISTING_2_NewsML-G2_Text_Document.xml", "application/vnd.iptc.g2.newsitem+xml"
+    )
     assert accepted["items"] == 1
     assert outcomes(receipt) == [("urn:newsml:acmenews.com:20161121:US-FINANCE-FED", "created")]
     row = story(receipt["items"][0]["story_id"])
@@ -156,8 +168,13 @@ def test_newsml_g2_news_message_refuses_only_the_bad_items(pipeline: Pipeline) -
     _, accepted, receipt = ingest(pipeline, "ingest/newsml-message.xml", message, timezone="Europe/Kyiv")
     assert accepted["items"] == 5
     assert receipt["status"] == "done"
-    assert [item["outcome"] for item in receipt["items"]] == ["created", "created", "created", "rejected",
-                                                              "rejected"]  # fmt: skip
+    assert [item["outcome"] for item in receipt["items"]] == [
+        "created",
+        "created",
+        "created",
+        "rejected",
+        "rejected",
+    ]
     assert "item has no headline" in receipt["items"][3]["error"]
     assert "[versionCreated]: unparseable time in versionCreated" in receipt["items"][4]["error"]
     pokrovsk, orban, ramstein = (story(item["story_id"]) for item in receipt["items"][:3])
@@ -223,8 +240,15 @@ def test_body_format_falls_back_to_the_source_format(pipeline: Pipeline) -> None
 
 
 def newsroom(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env={**os.environ, **pipeline.env},
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env={**os.environ, **pipeline.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_ingests_a_local_file_and_retries_a_stored_post(pipeline: Pipeline) -> None:
@@ -243,12 +267,18 @@ def test_cli_ingests_a_local_file_and_retries_a_stored_post(pipeline: Pipeline) 
     assert [item["outcome"] for item in retried["items"]] == ["unchanged"] * 3
     with session_scope(read_only=True) as session:
         assert session.get_one(Receipt, receipt["receipt"]).attempts == 2
-        count = session.scalar(select(func.count()).select_from(Story).where(
-            Story.guid == "tag:wire.example.org,2025:gazprom", Story.source_id == session.get_one(
-                Receipt, receipt["receipt"]).source_id))  # fmt: skip
+        count = session.scalar(
+            select(func.count())
+            .select_from(Story)
+            .where(
+                Story.guid == "tag:wire.example.org,2025:gazprom",
+                Story.source_id == session.get_one(Receipt, receipt["receipt"]).source_id,
+            )
+        )
     assert count == 1
 
-    refused = newsroom(pipeline, "ingest", str(DATA / "ingest/rss.xml"), "--source", name,
-                       "--content-type", "text/csv")  # fmt: skip
+    refused = newsroom(
+        pipeline, "ingest", str(DATA / "ingest/rss.xml"), "--source", name, "--content-type", "text/csv"
+    )
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["http_status"] == 415

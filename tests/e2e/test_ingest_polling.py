@@ -27,7 +27,8 @@ from services.ingest.service import (
 from shared.db import session_scope
 from shared.errors import SkipEvent
 from shared.models import Receipt, Source, Story, utcnow
-from tests.conftest import ROOT, Pipeline, wait_for
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -146,8 +147,11 @@ def source_named(name: str) -> Source:
 
 def test_scheduler_polls_with_conditional_get(pipeline: Pipeline, feed: FeedServer) -> None:
     tag = secrets.token_hex(4)
-    feed.document = Document(body=rss((f"{tag}-1", "First"), (f"{tag}-2", "Second")), etag='"v1"',
-                             last_modified="Fri, 18 Jul 2025 16:00:00 GMT")  # fmt: skip
+    feed.document = Document(
+        body=rss((f"{tag}-1", "First"), (f"{tag}-2", "Second")),
+        etag='"v1"',
+        last_modified="Fri, 18 Jul 2025 16:00:00 GMT",
+    )
     name, _ = pipeline.source(format="rss", poll_url=feed.url, poll_every=1)
     source = source_named(name)
 
@@ -170,8 +174,10 @@ def test_scheduler_polls_with_conditional_get(pipeline: Pipeline, feed: FeedServ
     # A new document: taken in through the push path, existing items unchanged.
     feed.document = Document(body=rss((f"{tag}-1", "First"), (f"{tag}-3", "Third")), etag='"v2"')
     wait_for(lambda: len(stories_of(source.id)) == 3, timeout=30, what="the new item")
-    second = wait_for(lambda: [r for r in receipts_of(source.id)[1:] if r.status != "pending"],
-                      what="the second receipt processed")[0]  # fmt: skip
+    second = wait_for(
+        lambda: [r for r in receipts_of(source.id)[1:] if r.status != "pending"],
+        what="the second receipt processed",
+    )[0]
     assert _items(second.id) == [(f"{tag}-1", "unchanged"), (f"{tag}-3", "created")]
     wait_for(lambda: source_named(name).poll_etag == '"v2"', what="the new ETag stored")
     assert source_named(name).poll_last_modified is None
@@ -228,11 +234,20 @@ def test_a_failing_source_backs_off_and_is_reported(pipeline: Pipeline, feed: Fe
     failing = pipeline.client.get("/v1/sources", params={"failing": "true"}, headers=admin).json()
     [shown] = [s for s in failing if s["name"] == name]
     assert (shown["failing"], shown["poll_failures"], shown["last_error"]) == (
-        True, 9, "HTTP 503 Service Unavailable")  # fmt: skip
+        True,
+        9,
+        "HTTP 503 Service Unavailable",
+    )
     assert pipeline.client.get("/v1/sources", headers=pipeline.token("editor")).status_code == 403
-    listed = subprocess.run([sys.executable, "-m", "services.cli", "source", "list", "--failing"],
-                            env={**os.environ, **pipeline.env}, cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, check=True)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "source", "list", "--failing"],
+        env={**os.environ, **pipeline.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     [line] = [line for line in listed.stdout.splitlines() if f" {name} " in line]
     assert "FAILING x9" in line and "HTTP 503 Service Unavailable" in line
 
@@ -305,9 +320,15 @@ def test_source_add_and_list_from_the_command_line(pipeline: Pipeline, feed: Fee
     name = f"polled-{secrets.token_hex(3)}"
 
     def newsroom(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT,
-                              env={**os.environ, **pipeline.env}, capture_output=True, text=True, timeout=60,
-                              check=False)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **pipeline.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     added = newsroom(
         "source", "add", name, "--format", "atom", "--poll", "ftp://example.org/x", "--every", "5"
@@ -316,14 +337,29 @@ def test_source_add_and_list_from_the_command_line(pipeline: Pipeline, feed: Fee
     added = newsroom("source", "add", name, "--format", "atom", "--poll", feed.url)
     assert added.returncode != 0 and "--poll and --every go together" in added.stderr
     feed.document = Document(status=500)
-    added = newsroom("source", "add", name, "--format", "atom", "--timezone", "Europe/Kyiv",
-                     "--poll", feed.url, "--every", "3600")  # fmt: skip
+    added = newsroom(
+        "source",
+        "add",
+        name,
+        "--format",
+        "atom",
+        "--timezone",
+        "Europe/Kyiv",
+        "--poll",
+        feed.url,
+        "--every",
+        "3600",
+    )
     assert added.returncode == 0, added.stderr
     assert "wire token (shown once): nr_wire_" in added.stdout
     listed = newsroom("source", "list", "--json")
     [view] = [s for s in json.loads(listed.stdout) if s["name"] == name]
     assert (view["format"], view["timezone"], view["poll_url"], view["poll_every"]) == (
-        "atom", "Europe/Kyiv", feed.url, 3600)  # fmt: skip
+        "atom",
+        "Europe/Kyiv",
+        feed.url,
+        3600,
+    )
     # The scheduler polls a new source at once; the server fails it, and the list says so.
     wait_for(lambda: source_named(name).poll_failures == 1, what="the first poll failing")
     assert source_named(name).next_poll_at > utcnow() + timedelta(minutes=59)

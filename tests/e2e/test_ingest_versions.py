@@ -18,14 +18,20 @@ from services.ingest.parsers.base import ParsedItem
 from services.ingest.service import store_item
 from shared.db import session_scope
 from shared.models import Revision, Source, Story
-from tests.conftest import Pipeline, wait_for
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 
 
 def ninjs(uri: str, version: int, headline: str, **extra: Any) -> dict[str, Any]:
-    return {"uri": uri, "version": str(version), "headlines": [{"value": headline}],
-            "bodies": [{"contenttype": "text/html", "value": f"<p>{headline}</p>"}], **extra}  # fmt: skip
+    return {
+        "uri": uri,
+        "version": str(version),
+        "headlines": [{"value": headline}],
+        "bodies": [{"contenttype": "text/html", "value": f"<p>{headline}</p>"}],
+        **extra,
+    }
 
 
 def post(pipeline: Pipeline, name: str, wire: dict[str, str], entry: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +59,11 @@ def test_versions_through_the_api(pipeline: Pipeline) -> None:
     assert post(pipeline, name, wire, ninjs(uri, 2, "Second"))["outcome"] == "unchanged"
     assert post(pipeline, name, wire, ninjs(uri, 1, "First"))["outcome"] == "stale"
     assert post(pipeline, name, wire, ninjs(uri, 3, "Third")) == {
-        "guid": uri, "story_id": story_id, "outcome": "updated", "error": None}  # fmt: skip
+        "guid": uri,
+        "story_id": story_id,
+        "outcome": "updated",
+        "error": None,
+    }
     # The same text under a newer version changes nothing, but the version is remembered...
     assert post(pipeline, name, wire, ninjs(uri, 5, "Third"))["outcome"] == "unchanged"
     # ...so version 4, older than 5, is stale even though it is newer than the text's 3.
@@ -118,8 +128,9 @@ def test_many_versions_posted_at_once_to_two_workers(pipeline: Pipeline) -> None
 
     def send(version: int) -> tuple[int, int]:
         body = json.dumps(ninjs(uri, version, f"Version {version}"))
-        answer = pipeline.client.post(f"/v1/wire/{name}", content=body,
-                                      headers={**wire, "Content-Type": "application/json"})  # fmt: skip
+        answer = pipeline.client.post(
+            f"/v1/wire/{name}", content=body, headers={**wire, "Content-Type": "application/json"}
+        )
         assert answer.status_code == 202, answer.text
         return version, answer.json()["receipt"]
 
@@ -150,14 +161,18 @@ def test_many_versions_posted_at_once_to_two_workers(pipeline: Pipeline) -> None
 
 
 def parsed(guid: str, version: int, headline: str) -> ParsedItem:
-    return ParsedItem(guid=guid, headline=headline, body_html=f"<p>{headline}</p>", body_text=headline,
-                      version=version)  # fmt: skip
+    return ParsedItem(
+        guid=guid, headline=headline, body_html=f"<p>{headline}</p>", body_text=headline, version=version
+    )
 
 
 def store(
-    source_id: int, item: ParsedItem, *, stored: threading.Event | None = None,
+    source_id: int,
+    item: ParsedItem,
+    *,
+    stored: threading.Event | None = None,
     hold: threading.Event | None = None,
-) -> tuple[str, int | None]:  # fmt: skip
+) -> tuple[str, int | None]:
     """Store an item in its own transaction; optionally say so and wait before committing."""
     with session_scope() as session:
         source = session.get_one(Source, source_id)
@@ -204,8 +219,9 @@ def test_store_item_race(
     def writer(key: str, item: ParsedItem, **events: threading.Event) -> None:
         results[key] = store(source, item, **events)
 
-    one = threading.Thread(target=writer, args=("first", parsed(guid, *first)),
-                           kwargs={"stored": stored, "hold": release})  # fmt: skip
+    one = threading.Thread(
+        target=writer, args=("first", parsed(guid, *first)), kwargs={"stored": stored, "hold": release}
+    )
     one.start()
     assert stored.wait(30)
     two = threading.Thread(target=writer, args=("second", parsed(guid, *second)))

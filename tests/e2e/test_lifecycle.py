@@ -17,8 +17,8 @@ from services.syndicate import partners
 from shared.config import parse_duration
 from shared.db import session_scope
 from shared.models import Delivery, Partner, Source, Token, utcnow
-from tests.conftest import Pipeline
-from tests.support import PartnerServer
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import PartnerServer
 
 pytestmark = pytest.mark.pipeline
 
@@ -46,10 +46,14 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def post_item(pipeline: Pipeline, source: str, headers: dict[str, str]) -> int:
-    item = {"uri": f"urn:life:{secrets.token_hex(4)}", "headlines": [{"role": "main", "value": "Life"}],
-            "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Cycle.</p>"}]}  # fmt: skip
-    answer = pipeline.client.post(f"/v1/wire/{source}", content=json.dumps(item),
-                                  headers={**headers, "Content-Type": NINJS})  # fmt: skip
+    item = {
+        "uri": f"urn:life:{secrets.token_hex(4)}",
+        "headlines": [{"role": "main", "value": "Life"}],
+        "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Cycle.</p>"}],
+    }
+    answer = pipeline.client.post(
+        f"/v1/wire/{source}", content=json.dumps(item), headers={**headers, "Content-Type": NINJS}
+    )
     return answer.status_code
 
 
@@ -187,19 +191,30 @@ def new_delivery(partner_id: int, story_id: int) -> str:
     """A pending delivery no task was queued for; each a newer version than the last."""
     delivery_id = f"msg_{secrets.token_hex(12)}"
     with session_scope() as session:
-        session.add(Delivery(id=delivery_id, partner_id=partner_id, story_id=story_id,
-                             story_revision=next(_revisions), event="story.published",
-                             payload='{"type": "story.published"}',
-                             next_attempt_at=utcnow() + timedelta(days=1)))  # fmt: skip
+        session.add(
+            Delivery(
+                id=delivery_id,
+                partner_id=partner_id,
+                story_id=story_id,
+                story_revision=next(_revisions),
+                event="story.published",
+                payload='{"type": "story.published"}',
+                next_attempt_at=utcnow() + timedelta(days=1),
+            )
+        )
     return delivery_id
 
 
 def a_story(pipeline: Pipeline) -> int:
     name, wire = pipeline.source()
-    item = {"uri": f"urn:life:{secrets.token_hex(4)}", "headlines": [{"role": "main", "value": "Life"}],
-            "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Cycle.</p>"}]}  # fmt: skip
-    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
-                                  headers={**wire, "Content-Type": NINJS})  # fmt: skip
+    item = {
+        "uri": f"urn:life:{secrets.token_hex(4)}",
+        "headlines": [{"role": "main", "value": "Life"}],
+        "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Cycle.</p>"}],
+    }
+    answer = pipeline.client.post(
+        f"/v1/wire/{name}", content=json.dumps(item), headers={**wire, "Content-Type": NINJS}
+    )
     receipt = pipeline.wait_receipt(answer.json()["receipt"], wire)
     return int(receipt["items"][0]["story_id"])
 

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from services.syndicate.partners import add_partner, rotate_secret
 from shared.db import session_scope
 from shared.models import Partner, Token
-from tests.conftest import ROOT, Pipeline, wait_for
-from tests.support import PartnerServer, newsroom_environment
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT, PartnerServer, newsroom_environment, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -36,8 +36,11 @@ def _story(pipeline: Pipeline, name: str, wire: dict[str, str], headline: str) -
         "headlines": [{"role": "main", "value": headline}],
         "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Operations.</p>"}],
     }
-    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
-                                  headers={**wire, "Content-Type": "application/ninjs+json"})  # fmt: skip
+    answer = pipeline.client.post(
+        f"/v1/wire/{name}",
+        content=json.dumps(item),
+        headers={**wire, "Content-Type": "application/ninjs+json"},
+    )
     assert answer.status_code == 202, answer.text
     receipt = pipeline.wait_receipt(answer.json()["receipt"], wire)
     return int(receipt["items"][0]["story_id"])
@@ -62,7 +65,7 @@ def test_health_and_readiness(pipeline: Pipeline) -> None:
     assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
 
 
-def test_readiness_names_the_failed_dependency(pipeline: Pipeline) -> None:
+def test_readiness_names_the_failed_dependency(newsroom: dict[str, str]) -> None:
     # A Redis that is not there: the database still answers, so only Redis is named.
     with newsroom_environment({"NEWSROOM_REDIS_URL": "redis://127.0.0.1:1/0"}):
         from fastapi.testclient import TestClient
@@ -157,8 +160,10 @@ def test_secrets_never_logged_nor_stored_in_clear(pipeline: Pipeline) -> None:
         # here would drop this process's SQLite locks on it (POSIX advisory locks).
         found = subprocess.run(
             [sys.executable, "-c", SEARCH_FILES, path, wire_token, editor_token, *secret_values],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert found == []
     server.close()
 
@@ -169,8 +174,10 @@ def test_a_redis_password_never_reaches_the_logs(pipeline: Pipeline) -> None:
     url = pipeline.env["NEWSROOM_REDIS_URL"].replace("redis://", f"redis://default:{password}@", 1)
     env = {**os.environ, **pipeline.env, "NEWSROOM_REDIS_URL": url}
     logs = {name: pipeline.data_dir / f"redis-password-{name}.log" for name in ("worker", "scheduler")}
-    commands = {"worker": ["worker", "-Q", f"nothing-{password[:4]}", "-c", "1", "--loglevel", "DEBUG"],
-                "scheduler": ["scheduler"]}  # fmt: skip
+    commands = {
+        "worker": ["worker", "-Q", f"nothing-{password[:4]}", "-c", "1", "--loglevel", "DEBUG"],
+        "scheduler": ["scheduler"],
+    }
     processes = {}
     for name, argv in commands.items():
         with open(logs[name], "wb") as log:

@@ -14,8 +14,8 @@ from standardwebhooks.webhooks import Webhook
 from services.syndicate.partners import add_partner
 from shared.db import session_scope
 from shared.models import Receipt
-from tests.conftest import Pipeline, wait_for
-from tests.support import PartnerServer, ninjs_validator
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import PartnerServer, ninjs_validator, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -30,12 +30,17 @@ def ninjs_item(uri: str, headline: str, **extra: Any) -> dict[str, Any]:
         "versioncreated": "2025-07-18T16:16:00Z",
         "language": "en",
         "headlines": [{"role": "main", "value": headline}],
-        "bodies": [{"role": "main", "contenttype": "text/html",
-                    "value": "<p>Body &amp; more</p><script>alert(1)</script>"}],
+        "bodies": [
+            {
+                "role": "main",
+                "contenttype": "text/html",
+                "value": "<p>Body &amp; more</p><script>alert(1)</script>",
+            }
+        ],
         "by": "Wire desk",
         "subjects": [{"name": "Ukraine"}],
         **extra,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -58,8 +63,9 @@ def test_wire_item_reaches_feed_and_partner(pipeline: Pipeline, partner: Any) ->
     editor = pipeline.token("editor")
     item = ninjs_item(f"urn:test:{name}:1", "Kyiv & Lviv <update> 🎉")
 
-    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
-                                  headers={**wire, "Content-Type": NINJS})  # fmt: skip
+    answer = pipeline.client.post(
+        f"/v1/wire/{name}", content=json.dumps(item), headers={**wire, "Content-Type": NINJS}
+    )
     assert answer.status_code == 202, answer.text
     accepted = answer.json()
     assert accepted["items"] == 1
@@ -160,8 +166,9 @@ def test_killed_goes_only_to_partners_that_were_told(pipeline: Pipeline, partner
     name, wire = pipeline.source()
     editor = pipeline.token("editor")
     item = ninjs_item(f"urn:test:{name}:killed", "Taken down later")
-    answer = pipeline.client.post(f"/v1/wire/{name}", content=json.dumps(item),
-                                  headers={**wire, "Content-Type": NINJS})  # fmt: skip
+    answer = pipeline.client.post(
+        f"/v1/wire/{name}", content=json.dumps(item), headers={**wire, "Content-Type": NINJS}
+    )
     story_id = pipeline.wait_receipt(answer.json()["receipt"], wire)["items"][0]["story_id"]
     pipeline.client.post(f"/v1/stories/{story_id}/publish", headers=editor, json={})
 

@@ -16,9 +16,18 @@ from pathlib import Path
 import pytest
 
 from shared.redis import EmbeddedRedis
-from tests.conftest import ROOT, Pipeline, wait_for
-from tests.e2e.test_publish_schedule import WORKER, assert_published_once, soon, watch_until_published
-from tests.publish.desk import Desk, TaggedPartner, make_desk, tagged_partner
+from tests.helpers.desk import (
+    WORKER,
+    Desk,
+    TaggedPartner,
+    assert_published_once,
+    make_desk,
+    soon,
+    tagged_partner,
+    watch_until_published,
+)
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ROOT, wait_for
 
 pytestmark = pytest.mark.pipeline
 

@@ -5,18 +5,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from shared.models import utcnow
-from tests.conftest import Pipeline, wait_for
-from tests.publish.desk import Desk, TaggedPartner, actions, make_desk, revision_times, row, tagged_partner
+from tests.helpers.desk import (
+    WORKER,
+    Desk,
+    TaggedPartner,
+    actions,
+    assert_published_once,
+    make_desk,
+    row,
+    soon,
+    tagged_partner,
+    watch_until_published,
+)
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
-
-WORKER = ("worker", "-c", "2", "--loglevel", "INFO")
 
 
 @pytest.fixture
@@ -28,32 +37,6 @@ def desk(pipeline: Pipeline) -> Desk:
 def partner(desk: Desk) -> Iterator[TaggedPartner]:
     with tagged_partner(desk) as tagged:
         yield tagged
-
-
-def soon(seconds: float) -> datetime:
-    return (utcnow() + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
-
-
-def watch_until_published(desk: Desk, story_ids: list[int], at: datetime, timeout: float = 30) -> None:
-    """Poll until every story is published, failing if any is seen published before ``at``."""
-
-    def all_published() -> bool:
-        statuses = [desk.get(story_id)["status"] for story_id in story_ids]
-        seen_at = utcnow()
-        if seen_at < at:
-            assert statuses == ["scheduled"] * len(story_ids), "published before its time"
-        return statuses == ["published"] * len(story_ids)
-
-    wait_for(all_published, timeout=timeout, interval=0.1, what=f"stories {story_ids} published")
-
-
-def assert_published_once(desk: Desk, partner: TaggedPartner, story_id: int, at: datetime) -> None:
-    story = row(story_id)
-    assert story.published_at is not None and story.published_at >= at
-    assert [a for _, a, _, _ in actions(story_id)].count("published") == 1
-    assert all(when >= at for when in revision_times(story_id, "published"))
-    assert partner.delivery_events(story_id) == ["story.published"]
-    wait_for(lambda: partner.events(story.slug) == ["story.published"], what=f"story {story_id} pushed")
 
 
 def test_schedule_survives_a_restart_of_worker_and_scheduler(

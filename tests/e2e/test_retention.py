@@ -22,7 +22,7 @@ from shared.db import session_scope
 from shared.errors import Conflict
 from shared.models import Delivery, OutboxEvent, Partner, Receipt, ReceiptItem, Source, Story, utcnow
 from shared.redis import get_redis
-from tests.conftest import Pipeline
+from tests.helpers.pipeline import Pipeline
 
 pytestmark = pytest.mark.pipeline
 
@@ -44,8 +44,15 @@ class Aged:
 
 
 def _receipt(session: Session, source_id: int, *, status: str, created: datetime) -> int:
-    receipt = Receipt(source_id=source_id, content_type="application/json", format="ninjs",
-                      body=b'{"raw": "post"}', size=15, status=status, created_at=created)  # fmt: skip
+    receipt = Receipt(
+        source_id=source_id,
+        content_type="application/json",
+        format="ninjs",
+        body=b'{"raw": "post"}',
+        size=15,
+        status=status,
+        created_at=created,
+    )
     session.add(receipt)
     session.flush()
     session.add(ReceiptItem(receipt_id=receipt.id, position=0, guid="g", outcome="created"))
@@ -58,8 +65,12 @@ def aged(pipeline: Pipeline) -> Iterator[Aged]:
     with session_scope() as session:
         source = Source(name=f"retention-{token}", format="ninjs")
         session.add(source)
-        partner = Partner(name=f"retention-{token}", url="http://127.0.0.1:9/", secret="whsec_AAAA",
-                          tags=[f"nothing-{token}"])  # fmt: skip
+        partner = Partner(
+            name=f"retention-{token}",
+            url="http://127.0.0.1:9/",
+            secret="whsec_AAAA",
+            tags=[f"nothing-{token}"],
+        )
         session.add(partner)
         session.flush()
         receipts = {
@@ -69,35 +80,55 @@ def aged(pipeline: Pipeline) -> Iterator[Aged]:
             "done_new": _receipt(session, source.id, status="done", created=NOW),
         }
         events = {
-            "done_3d": OutboxEvent(task="test.retention", kwargs={}, created_at=ago(4), sent_at=ago(4),
-                                   done_at=ago(3)),
+            "done_3d": OutboxEvent(
+                task="test.retention", kwargs={}, created_at=ago(4), sent_at=ago(4), done_at=ago(3)
+            ),
             # Never sent, and not due before the test ends: the relay leaves it alone.
-            "undone_10d": OutboxEvent(task="test.retention", kwargs={}, created_at=ago(10),
-                                      next_try_at=FAR),
-            "done_new": OutboxEvent(task="test.retention", kwargs={}, created_at=NOW, sent_at=NOW,
-                                    done_at=NOW),
-        }  # fmt: skip
+            "undone_10d": OutboxEvent(task="test.retention", kwargs={}, created_at=ago(10), next_try_at=FAR),
+            "done_new": OutboxEvent(
+                task="test.retention", kwargs={}, created_at=NOW, sent_at=NOW, done_at=NOW
+            ),
+        }
         session.add_all(events.values())
-        stories = [Story(source_id=source.id, guid=f"urn:retention:{token}:{n}",
-                         slug=f"retention-{token}-{n}", headline="Retention", body_html="<p>Kept.</p>",
-                         content_hash=token) for n in (1, 2)]  # fmt: skip
+        stories = [
+            Story(
+                source_id=source.id,
+                guid=f"urn:retention:{token}:{n}",
+                slug=f"retention-{token}-{n}",
+                headline="Retention",
+                body_html="<p>Kept.</p>",
+                content_hash=token,
+            )
+            for n in (1, 2)
+        ]
         session.add_all(stories)
         session.flush()
         shapes = {
-            "sent_v1_40d": ("sent", 1, ago(40)), "sent_v2_40d": ("sent", 2, ago(40)),
-            "superseded_40d": ("superseded", 3, ago(40)), "dead_40d": ("dead", 4, ago(40)),
+            "sent_v1_40d": ("sent", 1, ago(40)),
+            "sent_v2_40d": ("sent", 2, ago(40)),
+            "superseded_40d": ("superseded", 3, ago(40)),
+            "dead_40d": ("dead", 4, ago(40)),
             "pending_40d": ("pending", 5, ago(40)),
             # Another story's: the newest sent version is the story's own, not the partner's.
             "other_story_sent_new": ("sent", 6, NOW),
-        }  # fmt: skip
+        }
         deliveries = {}
         for key, (status, version, created) in shapes.items():
             delivery_id = f"msg_{secrets.token_hex(12)}"
             story_id = stories[1 if key.startswith("other") else 0].id
-            session.add(Delivery(id=delivery_id, partner_id=partner.id, story_id=story_id,
-                                 story_revision=version, event="story.published", payload="{}",
-                                 status=status, created_at=created,
-                                 next_attempt_at=FAR if status == "pending" else None))  # fmt: skip
+            session.add(
+                Delivery(
+                    id=delivery_id,
+                    partner_id=partner.id,
+                    story_id=story_id,
+                    story_revision=version,
+                    event="story.published",
+                    payload="{}",
+                    status=status,
+                    created_at=created,
+                    next_attempt_at=FAR if status == "pending" else None,
+                )
+            )
             deliveries[key] = delivery_id
         session.flush()
         outbox = {key: event.id for key, event in events.items()}
@@ -190,7 +221,7 @@ def test_zero_keeps_a_kind_for_ever(aged: Aged, monkeypatch: pytest.MonkeyPatch)
         reset_settings()
 
 
-def test_one_run_an_hour_across_schedulers(pipeline: Pipeline) -> None:
+def test_one_run_an_hour_across_schedulers(newsroom: dict[str, str]) -> None:
     get_redis().delete(retention.CLAIM_KEY)
     assert retention.claim() is True
     assert retention.claim() is False  # a second scheduler finds it claimed

@@ -9,9 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from shared.text import slugify
-from tests.conftest import Pipeline, wait_for
-from tests.support import ninjs_validator
-from tests.syndicate.newsdesk import (
+from tests.helpers.newsdesk import (
     Answer,
     Hook,
     PartnerRef,
@@ -25,6 +23,8 @@ from tests.syndicate.newsdesk import (
     unique,
     unpublish,
 )
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import ninjs_validator, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -66,8 +66,10 @@ def test_partners_get_what_matches_their_filters_signed_and_in_order(pipeline: P
                 assert len(rows) == (1 if partner is wanted else 0), (partner.name, story.headline)
 
         for partner, story in ((by_section, in_section), (by_tag, tagged), (by_label, column)):
-            [payload] = wait_for(lambda p=partner, s=story: received(hook_of[p.id], p, s.slug),
-                                 what=f"{story.slug} at its partner")  # fmt: skip
+            [payload] = wait_for(
+                lambda p=partner, s=story: received(hook_of[p.id], p, s.slug),
+                what=f"{story.slug} at its partner",
+            )
             assert payload["type"] == "story.published"
             assert payload["data"]["headlines"][0]["value"] == story.headline
             assert [e.message for e in ninjs_validator().iter_errors(payload["data"])] == []
@@ -95,7 +97,10 @@ def test_partners_get_what_matches_their_filters_signed_and_in_order(pipeline: P
         wait_for(lambda: deliveries_of(by_tag.id, tagged.id)[-1].status == "sent", what="the kill recorded")
         rows = deliveries_of(by_tag.id, tagged.id)
         assert [(row.event, row.status) for row in rows] == [
-            ("story.published", "sent"), ("story.updated", "sent"), ("story.killed", "sent")]  # fmt: skip
+            ("story.published", "sent"),
+            ("story.updated", "sent"),
+            ("story.killed", "sent"),
+        ]
 
         # A story that leaves a partner's filters: the partner that had it hears of the change.
         retagged = insert_story(source, tags=[tag])
@@ -138,8 +143,10 @@ def test_a_hanging_partner_delays_neither_another_partner_nor_the_feeds(pipeline
             return answer.status_code == 200 and len(answer.json()["items"]) == 6
 
         wait_for(all_at_healthy, what="every story at the healthy partner")
-        wait_for(lambda: {row.status for row in deliveries_of(fast.id)} == {"sent"},
-                 what="the healthy partner's deliveries recorded as sent")  # fmt: skip
+        wait_for(
+            lambda: {row.status for row in deliveries_of(fast.id)} == {"sent"},
+            what="the healthy partner's deliveries recorded as sent",
+        )
         wait_for(all_in_feed, what="every story in the feed")
         # Meanwhile the hanging partner holds its requests, and no more than its bound of them.
         wait_for(lambda: len(hanging.pushes) >= 4, what="the hanging partner's first four requests")
@@ -151,8 +158,10 @@ def test_a_hanging_partner_delays_neither_another_partner_nor_the_feeds(pipeline
         assert sum(row.attempts == 0 for row in slow_rows) == 2
 
         gate.set()
-        wait_for(lambda: {row.status for row in deliveries_of(slow.id)} == {"sent"},
-                 what="the hanging partner's deliveries, once it answers")  # fmt: skip
+        wait_for(
+            lambda: {row.status for row in deliveries_of(slow.id)} == {"sent"},
+            what="the hanging partner's deliveries, once it answers",
+        )
         assert all(received(hanging, slow, story.slug) for story in stories)
     finally:
         gate.set()

@@ -27,8 +27,7 @@ import httpx
 import pytest
 from lxml import etree  # type: ignore[import-untyped]
 
-from tests.conftest import GENEROUS_LIMITS, ROOT, wait_for
-from tests.support import LOOPBACK_ALLOW
+from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, ROOT, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -129,9 +128,14 @@ def newsroom(hubs: list[LoopbackHub], tmp_path_factory: pytest.TempPathFactory) 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
-    env.update(NEWSROOM_DATA_DIR=str(data), NEWSROOM_SITE_URL=base, NEWSROOM_LOG_LEVEL="INFO",
-               NEWSROOM_OUTBOUND_ALLOW=LOOPBACK_ALLOW,
-               NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs), **GENEROUS_LIMITS)  # fmt: skip
+    env.update(
+        NEWSROOM_DATA_DIR=str(data),
+        NEWSROOM_SITE_URL=base,
+        NEWSROOM_LOG_LEVEL="INFO",
+        NEWSROOM_OUTBOUND_ALLOW=LOOPBACK_ALLOW,
+        NEWSROOM_WEBSUB_HUBS=",".join(hub.url for hub in hubs),
+        **GENEROUS_LIMITS,
+    )
     log_path = data / "up.log"
     with open(log_path, "ab") as log:
         command = [sys.executable, "-m", "services.cli", "up", "--port", str(port), "-c", "2"]
@@ -158,18 +162,32 @@ def _ready(base: str) -> bool:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def post_item(base: str, source: str, token: str, **item: Any) -> None:
-    document = {"type": "text", "language": "uk", "bodies": [{"role": "main", "contenttype": "text/html",
-                "value": "<p>Тіло &amp; більше 🎉</p>"}], "by": "Wire desk", **item}  # fmt: skip
-    answer = httpx.post(f"{base}/v1/wire/{source}", content=json.dumps(document),
-                        headers={"Authorization": f"Bearer {token}",
-                                 "Content-Type": "application/ninjs+json"})  # fmt: skip
+    document = {
+        "type": "text",
+        "language": "uk",
+        "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Тіло &amp; більше 🎉</p>"}],
+        "by": "Wire desk",
+        **item,
+    }
+    answer = httpx.post(
+        f"{base}/v1/wire/{source}",
+        content=json.dumps(document),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/ninjs+json"},
+    )
     assert answer.status_code == 202, answer.text
 
 
@@ -178,14 +196,25 @@ def test_every_changed_feed_is_announced_to_every_hub(newsroom: Any, hubs: list[
     out = cli(env, "source", "add", "websub-wire", "--auto-publish")
     token = out.strip().splitlines()[-1].split(": ")[-1]
     headline = "Київ & <Львів>: хаб 🎉"
-    post_item(base, "websub-wire", token, uri="urn:websub:1", version="1", headline=headline,
-              headlines=[{"role": "main", "value": headline}], subjects=[{"name": "Хаб"}])  # fmt: skip
+    post_item(
+        base,
+        "websub-wire",
+        token,
+        uri="urn:websub:1",
+        version="1",
+        headline=headline,
+        headlines=[{"role": "main", "value": headline}],
+        subjects=[{"name": "Хаб"}],
+    )
 
     topics = [f"{base}/feeds/{name}.{fmt}" for name in ("all", "tag/khab") for fmt in ("rss", "atom", "json")]
     for hub in hubs:
         for topic in topics:
-            wait_for(lambda hub=hub, topic=topic: hub.seen(topic, "хаб 🎉"), timeout=30,
-                     what=f"a ping of {topic} at {hub.url} ({log_path})")  # fmt: skip
+            wait_for(
+                lambda hub=hub, topic=topic: hub.seen(topic, "хаб 🎉"),
+                timeout=30,
+                what=f"a ping of {topic} at {hub.url} ({log_path})",
+            )
     for hub in hubs:
         for topic in topics:
             pings = hub.seen(topic)
@@ -209,10 +238,21 @@ def test_every_changed_feed_is_announced_to_every_hub(newsroom: Any, hubs: list[
 
     # An update is announced again, and the hubs fetch the new version.
     updated = f"{headline} (оновлено)"
-    post_item(base, "websub-wire", token, uri="urn:websub:1", version="2", headline=updated,
-              headlines=[{"role": "main", "value": updated}], subjects=[{"name": "Хаб"}])  # fmt: skip
+    post_item(
+        base,
+        "websub-wire",
+        token,
+        uri="urn:websub:1",
+        version="2",
+        headline=updated,
+        headlines=[{"role": "main", "value": updated}],
+        subjects=[{"name": "Хаб"}],
+    )
     for hub in hubs:
         for topic in topics:
-            wait_for(lambda hub=hub, topic=topic: hub.seen(topic, "(оновлено)"), timeout=30,
-                     what=f"a ping of the update of {topic} at {hub.url}")  # fmt: skip
+            wait_for(
+                lambda hub=hub, topic=topic: hub.seen(topic, "(оновлено)"),
+                timeout=30,
+                what=f"a ping of the update of {topic} at {hub.url}",
+            )
     assert Path(log_path).exists()

@@ -159,8 +159,12 @@ def test_ninjs_array_refuses_only_the_bad_items() -> None:
     ]
     results = parse("ninjs", json.dumps(entries).encode(), default_tz=UTC)
     assert [type(r).__name__ for r in results] == [
-        "ParsedItem", "ItemError", "ItemError", "ItemError", "ParsedItem",
-    ]  # fmt: skip
+        "ParsedItem",
+        "ItemError",
+        "ItemError",
+        "ItemError",
+        "ParsedItem",
+    ]
     assert results[2] == ItemError(position=2, reason="item has no uri", field="uri")
     assert results[3] == ItemError(position=3, reason="item is not a JSON object")
     assert isinstance(results[4], ParsedItem)

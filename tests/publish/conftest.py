@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Pipeline
-from tests.publish.desk import Desk, TaggedPartner, make_desk, tagged_partner
+from tests.helpers.desk import Desk, TaggedPartner, make_desk, tagged_partner
+from tests.helpers.pipeline import Pipeline
 
 
 @pytest.fixture

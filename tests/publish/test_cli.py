@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.cli import main
-from tests.publish.desk import Desk, actions, row
+from tests.helpers.desk import Desk, actions, row
 
 pytestmark = pytest.mark.pipeline
 
@@ -35,8 +35,18 @@ def test_publish_list_unpublish(desk: Desk, capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
     # The newsroom's local time, as readers see it.
-    assert lines[0].split() == [str(story_id), "published", f"v{published['version']}", "2025-07-18",
-                                "19:16", "exclusive", "From", "the", "command", "line"]  # fmt: skip
+    assert lines[0].split() == [
+        str(story_id),
+        "published",
+        f"v{published['version']}",
+        "2025-07-18",
+        "19:16",
+        "exclusive",
+        "From",
+        "the",
+        "command",
+        "line",
+    ]
     listed = run(capsys, "stories", "list", "--section", "world", "-q", "command line", "--json")
     assert [s["id"] for s in listed] == [story_id]
 

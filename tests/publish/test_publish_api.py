@@ -15,8 +15,9 @@ from services.publish import service
 from shared.db import session_scope
 from shared.errors import SkipEvent
 from shared.models import utcnow
-from tests.conftest import Pipeline, wait_for
-from tests.publish.desk import Desk, TaggedPartner, actions, row, tagged_partner, utc_iso
+from tests.helpers.desk import Desk, TaggedPartner, actions, row, tagged_partner, utc_iso
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -154,7 +155,7 @@ def test_labels_and_tags_are_not_substantive(desk: Desk) -> None:
     assert labelled["event"] == "story.updated"
     assert labelled["labels"] == ["breaking", "exclusive"]
     assert labelled["updated_at"] is None  # a label is not news to readers
-    assert "Breaking" in desk.page(labelled["slug"])[1]
+    desk.page_when(labelled["slug"], lambda _, text: "Breaking" in text, "the labelled page")
 
     desk.patch(story_id, tags=["Kyiv", desk.tag])
     retagged = desk.publish(story_id, labels=[])
@@ -321,8 +322,13 @@ def test_wire_update_waits_for_the_next_publish(desk: Desk, pipeline: Pipeline) 
     desk.publish(story_id)
     with session_scope() as session:
         story = service.get_story(session, story_id, lock=True)
-        story.pending = {"headline": "Wire headline, corrected", "body_html": "<p>Second.</p>",
-                         "body_text": "Second.", "labels": [], "tags": [desk.tag]}  # fmt: skip
+        story.pending = {
+            "headline": "Wire headline, corrected",
+            "body_html": "<p>Second.</p>",
+            "body_text": "Second.",
+            "labels": [],
+            "tags": [desk.tag],
+        }
         story.revision += 1
     assert row(story_id).headline == "Wire headline"
     answer = desk.publish(story_id)

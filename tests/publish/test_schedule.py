@@ -18,7 +18,7 @@ import pytest
 from services.publish import service
 from shared.db import session_scope
 from shared.models import utcnow
-from tests.publish.desk import Desk, TaggedPartner, actions, row, text_of, utc_iso
+from tests.helpers.desk import Desk, TaggedPartner, actions, row, text_of, utc_iso
 
 pytestmark = pytest.mark.pipeline
 

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import free_port
-from tests.conftest import Pipeline, wait_for
+from tests.helpers.cluster import free_port
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 CHROMIUM = os.environ.get("NEWSROOM_TEST_CHROMIUM", "/usr/bin/chromium")
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from shared.text import slugify
-from tests.conftest import wait_for
-from tests.syndicate.newsdesk import insert_story, new_source, publish, unique
+from tests.helpers.newsdesk import insert_story, new_source, publish, unique
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 

@@ -22,8 +22,7 @@ from services.syndicate.feeds import MEDIA_TYPES, FeedKey, RenderedFeed
 from shared.db import session_scope
 from shared.models import Feed, Story, utcnow
 from shared.text import slugify
-from tests.conftest import Pipeline, wait_for
-from tests.syndicate.newsdesk import (
+from tests.helpers.newsdesk import (
     TRICKY_BODY,
     edit_and_republish,
     insert_story,
@@ -32,7 +31,9 @@ from tests.syndicate.newsdesk import (
     unique,
     unpublish,
 )
-from tests.syndicate.test_feeds import jsonfeed_errors
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import jsonfeed_errors, wait_for
+from tests.helpers.w3c import validate
 
 pytestmark = pytest.mark.pipeline
 
@@ -79,8 +80,6 @@ def assert_valid(body: bytes, fmt: str, url: str) -> None:
     parsed = feedparser.parse(body)
     assert parsed.bozo == 0, parsed.get("bozo_exception")
     if os.environ.get("FEEDVALIDATOR_SRC"):
-        from tests.syndicate.test_w3c_validator import validate
-
         feed = RenderedFeed(body=body, etag="", last_modified=utcnow(), media_type=MEDIA_TYPES[fmt])
         errors = [event for event in validate(feed, url) if event["level"] == "error"]
         assert errors == [], json.dumps(errors, ensure_ascii=False)
@@ -104,11 +103,17 @@ def last_modified(pipeline: Pipeline, name: str, fmt: str) -> Any:
 def test_a_story_reaches_every_feed_valid_and_leaves_them_all_when_unpublished(pipeline: Pipeline) -> None:
     token = unique("feeds")
     section, tag, author = f"Світ {token}", f"Київ {token}", f"Олена Петренко {token}"
-    story = insert_story(new_source(), section=section, tags=[tag, "War & Peace"], author_name=author,
-                         picture=PICTURE)  # fmt: skip
+    story = insert_story(
+        new_source(), section=section, tags=[tag, "War & Peace"], author_name=author, picture=PICTURE
+    )
     url = f"{SITE}/stories/{story.slug}"
-    names = ["all", f"section/{slugify(section)}", f"tag/{slugify(tag)}", f"author/{slugify(author)}",
-             "label/exclusive"]  # fmt: skip
+    names = [
+        "all",
+        f"section/{slugify(section)}",
+        f"tag/{slugify(tag)}",
+        f"author/{slugify(author)}",
+        "label/exclusive",
+    ]
     # Read once before the change, so the API holds copies that the change must replace.
     for fmt in FORMATS:
         assert get_feed(pipeline, "all", fmt).status_code == 200
@@ -140,7 +145,10 @@ def test_a_story_reaches_every_feed_valid_and_leaves_them_all_when_unpublished(p
     [atom_entry] = atom.findall(f"{ns}entry")
     enclosure = atom_entry.find(f"{ns}link[@rel='enclosure']")
     assert (enclosure.get("href"), enclosure.get("type"), enclosure.get("length")) == (
-        PICTURE["url"], "image/jpeg", "54321")  # fmt: skip
+        PICTURE["url"],
+        "image/jpeg",
+        "54321",
+    )
     assert [link.get("rel") for link in atom.findall(f"{ns}link")] == ["self", "alternate"]
     assert atom.find(f"{ns}link[@rel='self']").get("href") == f"{SITE}/feeds/{tag_name}.atom"
     assert atom_entry.findtext(f"{ns}id") == url
@@ -212,8 +220,12 @@ def test_stored_bytes_are_served_with_validators_and_304(pipeline: Pipeline) -> 
     if stored.etag == etag:  # unless a render landed in between
         assert first.content == stored.body
 
-    for headers in ({"If-None-Match": etag}, {"If-None-Match": f'"x", W/{etag}'}, {"If-None-Match": "*"},
-                    {"If-Modified-Since": modified}):  # fmt: skip
+    for headers in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"x", W/{etag}'},
+        {"If-None-Match": "*"},
+        {"If-Modified-Since": modified},
+    ):
         again = get_feed(pipeline, "all", "atom", **headers)
         if again.headers["etag"] != etag:
             continue  # the feed changed meanwhile: a 200 is right
@@ -228,15 +240,28 @@ def test_stored_bytes_are_served_with_validators_and_304(pipeline: Pipeline) -> 
         # Answered from memory before routing, and through the route at first: the same answer.
         assert stale.content == first.content
         assert {k: v for k, v in stale.headers.items() if k != "date"} == {
-            k: v for k, v in first.headers.items() if k != "date"}  # fmt: skip
+            k: v for k, v in first.headers.items() if k != "date"
+        }
     older = parsedate_to_datetime(modified) - timedelta(days=1)
-    assert get_feed(pipeline, "all", "atom", **{"If-Modified-Since": older.strftime(
-        "%a, %d %b %Y %H:%M:%S GMT")}).status_code == 200  # fmt: skip
+    assert (
+        get_feed(
+            pipeline, "all", "atom", **{"If-Modified-Since": older.strftime("%a, %d %b %Y %H:%M:%S GMT")}
+        ).status_code
+        == 200
+    )
     head = pipeline.client.head("/feeds/all.atom")
     assert head.status_code == 200 and head.headers["etag"]
 
-    for missing in ("all.xml", "section/World.rss", "section.rss", "label/funny.rss", "genre/x.json",
-                    f"tag/{unique('nothing')}.rss", "all", "section/a/b.rss"):  # fmt: skip
+    for missing in (
+        "all.xml",
+        "section/World.rss",
+        "section.rss",
+        "label/funny.rss",
+        "genre/x.json",
+        f"tag/{unique('nothing')}.rss",
+        "all",
+        "section/a/b.rss",
+    ):
         answer = pipeline.client.get(f"/feeds/{missing}")
         assert answer.status_code == 404, missing
         assert answer.json()["error"] == "not_found"
@@ -255,7 +280,7 @@ def test_a_feed_never_rendered_is_rendered_on_first_request(pipeline: Pipeline) 
         assert service.stored_document(session, name, "rss") is not None
 
 
-def test_the_same_content_renders_to_the_same_bytes(pipeline: Pipeline) -> None:
+def test_the_same_content_renders_to_the_same_bytes(newsroom: dict[str, str]) -> None:
     tag = unique("stable")
     insert_story(new_source(), tags=[tag], status="published", published_at=utcnow())
     name = f"tag/{slugify(tag)}"
@@ -293,8 +318,12 @@ def test_last_modified_never_goes_back_when_the_newest_story_leaves(pipeline: Pi
     assert second is not None and second.etag != first.etag
     # The data says two hours ago; the header must still move forward past what was served.
     assert second.last_modified > first.last_modified
-    answer = get_feed(pipeline, name, "atom", **{"If-Modified-Since": first.last_modified.strftime(
-        "%a, %d %b %Y %H:%M:%S GMT")})  # fmt: skip
+    answer = get_feed(
+        pipeline,
+        name,
+        "atom",
+        **{"If-Modified-Since": first.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT")},
+    )
     assert answer.status_code == 200
 
 
@@ -331,8 +360,9 @@ def test_a_burst_of_publishes_renders_each_feed_a_few_times(pipeline: Pipeline) 
 # --- export and the news sitemap ------------------------------------------------------------------
 
 
-def test_export_writes_every_feed_atomically(pipeline: Pipeline, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_export_writes_every_feed_atomically(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tag = unique("export")
     story = insert_story(new_source(), tags=[tag])
     name = f"tag/{slugify(tag)}"

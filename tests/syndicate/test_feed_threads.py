@@ -22,12 +22,24 @@ RENDERS = 8
 
 def stories() -> list[Story]:
     return [
-        Story(id=n, slug=f"story-{n}", revision=1, headline=f"Київ & <Львів> 🎉 {n}", lede="a < b & c",
-              body_html="<p>Тіло &amp; 🎉</p>", body_text="Тіло & 🎉", author_name="Олена",
-              author_slug="olena", section="World", language="uk", published_at=T0 - timedelta(days=n),
-              tags=[StoryTag(slug="kyiv", name="Київ")], labels=[StoryLabel(label="breaking")])
+        Story(
+            id=n,
+            slug=f"story-{n}",
+            revision=1,
+            headline=f"Київ & <Львів> 🎉 {n}",
+            lede="a < b & c",
+            body_html="<p>Тіло &amp; 🎉</p>",
+            body_text="Тіло & 🎉",
+            author_name="Олена",
+            author_slug="olena",
+            section="World",
+            language="uk",
+            published_at=T0 - timedelta(days=n),
+            tags=[StoryTag(slug="kyiv", name="Київ")],
+            labels=[StoryLabel(label="breaking")],
+        )
         for n in range(50)
-    ]  # fmt: skip
+    ]
 
 
 def test_rss_renders_the_same_bytes_from_many_threads_and_leaves_the_locale_alone() -> None:

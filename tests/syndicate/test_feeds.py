@@ -12,9 +12,7 @@ from typing import Any
 
 import feedparser  # type: ignore[import-untyped]
 import pytest
-from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 from lxml import etree  # type: ignore[import-untyped]
-from referencing import Registry, Resource
 
 from services.syndicate.feeds import (
     EMPTY_FEED_UPDATED,
@@ -28,6 +26,7 @@ from services.syndicate.feeds import (
 )
 from shared.config import Settings
 from shared.models import Story, StoryLabel, StoryTag
+from tests.helpers.support import jsonfeed_errors
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SITE = "https://news.example.com"
@@ -119,27 +118,6 @@ def make_stories() -> list[Story]:
 
 def story_url(slug: str) -> str:
     return f"{SITE}/stories/{slug}"
-
-
-def jsonfeed_errors(document: dict[str, Any]) -> list[str]:
-    """Schema errors plus the 1.1 rules the schema does not state."""
-    feed11 = json.loads((DATA / "jsonfeed" / "feed.json").read_text(encoding="utf-8"))
-    feed1 = json.loads((DATA / "jsonfeed" / "feed-1.json").read_text(encoding="utf-8"))
-    registry = Registry().with_resources(
-        [
-            ("https://json.schemastore.org/feed-1", Resource.from_contents(feed1)),
-            ("https://json.schemastore.org/feed.json", Resource.from_contents(feed11)),
-        ]
-    )
-    cls = validator_for(feed11)
-    validator = cls(feed11, registry=registry, format_checker=cls.FORMAT_CHECKER)
-    errors = [f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(document)]
-    if document.get("version") != JSONFEED_VERSION:
-        errors.append("wrong version")
-    ids = [item.get("id") for item in document.get("items", [])]
-    if any(not isinstance(item_id, str) for item_id in ids) or len(set(ids)) != len(ids):
-        errors.append(f"item ids must be unique strings: {ids}")
-    return errors
 
 
 def parse_xml(feed: RenderedFeed) -> Any:

@@ -21,9 +21,7 @@ from shared.config import reset_settings
 from shared.db import session_scope
 from shared.errors import Unprocessable
 from shared.models import Delivery, Partner, utcnow
-from tests.conftest import Pipeline, wait_for
-from tests.support import PartnerServer, Reply
-from tests.syndicate.newsdesk import (
+from tests.helpers.newsdesk import (
     delivery,
     insert_story,
     new_delivery,
@@ -32,14 +30,18 @@ from tests.syndicate.newsdesk import (
     publish,
     unique,
 )
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import PartnerServer, Reply, wait_for
 
 pytestmark = pytest.mark.pipeline
 
 T0 = (utcnow() + timedelta(days=30)).replace(microsecond=0)
 LATER = T0 + timedelta(days=1)
 OTHER_LOOPBACK = "127.0.0.2"
-RSS = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><link>http://x.test/</link>'
-       b"<description>d</description></channel></rss>")  # fmt: skip
+RSS = (
+    b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><link>http://x.test/</link>'
+    b"<description>d</description></channel></rss>"
+)
 
 
 @pytest.fixture
@@ -58,8 +60,9 @@ def allowing(env: pytest.MonkeyPatch, cidrs: str) -> None:
 @pytest.fixture
 def elsewhere() -> Iterator[PartnerServer]:
     """A server on loopback's other address, which only a wider allow list reaches."""
-    server = PartnerServer(Reply(status=200, body=RSS, headers={"Content-Type": "application/rss+xml"}),
-                           host=OTHER_LOOPBACK)  # fmt: skip
+    server = PartnerServer(
+        Reply(status=200, body=RSS, headers={"Content-Type": "application/rss+xml"}), host=OTHER_LOOPBACK
+    )
     yield server
     server.close()
 
@@ -70,16 +73,25 @@ def elsewhere() -> Iterator[PartnerServer]:
 @pytest.mark.parametrize(
     ("address", "kind"),
     [
-        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
-        ("10.1.2.3", "private"), ("192.168.0.1", "private"), ("172.16.5.4", "private"),
-        ("fd00::1", "private"), ("::ffff:10.0.0.1", "private"),
-        ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
-        ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
-        ("0.0.0.0", "unspecified"), ("::", "unspecified"),  # noqa: S104  # an address checked, not bound
-        ("100.64.0.1", "not a public"), ("2002:7f00:1::1", "embeds a loopback"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("fd00::1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104  # an address checked, not bound
+        ("::", "unspecified"),
+        ("100.64.0.1", "not a public"),
+        ("2002:7f00:1::1", "embeds a loopback"),
         ("240.0.0.1", "address"),
     ],
-)  # fmt: skip
+)
 def test_non_public_addresses_are_refused(address: str, kind: str) -> None:
     reason = egress.refusal(ipaddress.ip_address(address), [])
     assert reason is not None and kind in reason, reason
@@ -116,14 +128,18 @@ def test_log_lines_show_no_password_and_no_query() -> None:
 
 
 def test_urls_that_resolve_to_non_public_addresses_are_refused_when_added(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     allowing(allow, "")
     with session_scope() as session, pytest.raises(Unprocessable, match="loopback"):
         partners.add_partner(session, name=unique("guard"), url="http://127.0.0.1:9/hook")
-    refused = (("http://169.254.169.254/latest/meta-data/", "link-local"),
-               ("http://[::1]:8080/hook", "loopback"), ("http://localhost:9/hook", "loopback"),
-               ("http://10.0.0.7/hook", "private"), ("http://[::ffff:127.0.0.1]/", "loopback"))  # fmt: skip
+    refused = (
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:8080/hook", "loopback"),
+        ("http://localhost:9/hook", "loopback"),
+        ("http://10.0.0.7/hook", "private"),
+        ("http://[::ffff:127.0.0.1]/", "loopback"),
+    )
     for url, kind in refused:
         with pytest.raises(SystemExit) as exit_info:
             main(["partner", "add", unique("guard"), "--url", url])
@@ -148,7 +164,7 @@ def test_urls_that_resolve_to_non_public_addresses_are_refused_when_added(
 
 
 def test_a_push_goes_to_the_checked_address_and_is_refused_when_dns_changes(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, elsewhere: PartnerServer
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, elsewhere: PartnerServer
 ) -> None:
     port = elsewhere.server.server_address[1]
     host = "partner.newsroom.test"
@@ -197,14 +213,15 @@ def test_the_worker_refuses_a_partner_whose_address_is_not_allowed(
 
 
 def test_a_poll_redirect_to_a_forbidden_address_is_refused(
-    pipeline: Pipeline, allow: pytest.MonkeyPatch, elsewhere: PartnerServer
+    newsroom: dict[str, str], allow: pytest.MonkeyPatch, elsewhere: PartnerServer
 ) -> None:
     target = f"http://{OTHER_LOOPBACK}:{elsewhere.server.server_address[1]}/feed.xml"
     for location, kind in ((target, "loopback"), ("http://169.254.169.254/latest/meta-data/", "link-local")):
         redirector = PartnerServer(Reply(status=302, headers={"Location": location}))
         try:
-            request = PollRequest(source_id=0, name="guarded", url=redirector.url, every=60, etag=None,
-                                  last_modified=None)  # fmt: skip
+            request = PollRequest(
+                source_id=0, name="guarded", url=redirector.url, every=60, etag=None, last_modified=None
+            )
             response = fetch_poll(request)
         finally:
             redirector.close()
@@ -216,8 +233,11 @@ def test_a_poll_redirect_to_a_forbidden_address_is_refused(
     allowing(allow, f"127.0.0.1/32,{OTHER_LOOPBACK}/32")
     redirector = PartnerServer(Reply(status=302, headers={"Location": target}))
     try:
-        response = fetch_poll(PollRequest(source_id=0, name="guarded", url=redirector.url, every=60,
-                                          etag=None, last_modified=None))  # fmt: skip
+        response = fetch_poll(
+            PollRequest(
+                source_id=0, name="guarded", url=redirector.url, every=60, etag=None, last_modified=None
+            )
+        )
     finally:
         redirector.close()
     assert (response.error, response.status, response.body) == (None, 200, RSS)

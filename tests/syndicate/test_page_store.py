@@ -19,9 +19,9 @@ from shared import db
 from shared.db import session_scope
 from shared.models import utcnow
 from shared.text import slugify
-from tests.conftest import Pipeline, wait_for
-from tests.support import text_of
-from tests.syndicate.newsdesk import edit_and_republish, insert_story, new_source, publish, unique, unpublish
+from tests.helpers.newsdesk import edit_and_republish, insert_story, new_source, publish, unique, unpublish
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import text_of, wait_for
 
 pytestmark = pytest.mark.pipeline
 

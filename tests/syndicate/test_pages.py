@@ -11,7 +11,7 @@ from typing import Any
 from services.syndicate import pages
 from shared.config import Settings
 from shared.models import Story, StoryLabel, StoryTag
-from tests.support import text_of
+from tests.helpers.support import text_of
 
 CSP = (
     "default-src 'none'; img-src * data:; style-src 'self'; "

@@ -21,8 +21,7 @@ from services.syndicate.partners import RETRY_LADDER, acquire_slot, release_slot
 from shared.config import reset_settings
 from shared.db import session_scope
 from shared.models import Partner, utcnow
-from tests.conftest import Pipeline, wait_for
-from tests.syndicate.newsdesk import (
+from tests.helpers.newsdesk import (
     Answer,
     Hook,
     PartnerRef,
@@ -35,6 +34,8 @@ from tests.syndicate.newsdesk import (
     new_source,
     signature_ok,
 )
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -44,7 +45,7 @@ LATER = T0 + timedelta(days=1)
 
 
 @pytest.fixture
-def story(pipeline: Pipeline) -> StoryRef:
+def story(newsroom: dict[str, str]) -> StoryRef:
     return insert_story(new_source())
 
 
@@ -80,7 +81,9 @@ def assert_waited(delivery_id: str, *, after: int, since: object) -> None:
 # --- signing -----------------------------------------------------------------------------------
 
 
-def test_a_push_is_signed_per_standard_webhooks(pipeline: Pipeline, story: StoryRef, hook: Hook) -> None:
+def test_a_push_is_signed_per_standard_webhooks(
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
+) -> None:
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
 
@@ -105,7 +108,9 @@ def test_a_push_is_signed_per_standard_webhooks(pipeline: Pipeline, story: Story
 # --- faults --------------------------------------------------------------------------------------
 
 
-def test_refused_connections_climb_the_whole_ladder_then_die(pipeline: Pipeline, story: StoryRef) -> None:
+def test_refused_connections_climb_the_whole_ladder_then_die(
+    newsroom: dict[str, str], story: StoryRef
+) -> None:
     partner = new_partner(closed_port_url())
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
     now = T0
@@ -129,7 +134,7 @@ def test_refused_connections_climb_the_whole_ladder_then_die(pipeline: Pipeline,
     assert "gave up after 10 attempts" in (row.last_error or "")
 
 
-def test_server_errors_retry_at_once_then_on_the_ladder(pipeline: Pipeline, story: StoryRef) -> None:
+def test_server_errors_retry_at_once_then_on_the_ladder(newsroom: dict[str, str], story: StoryRef) -> None:
     hook = Hook(Answer(500))
     try:
         partner = new_partner(hook.url)
@@ -160,7 +165,7 @@ def test_server_errors_retry_at_once_then_on_the_ladder(pipeline: Pipeline, stor
 
 
 def test_a_hanging_partner_times_out_and_waits_its_turn(
-    pipeline: Pipeline, story: StoryRef, settings_env: pytest.MonkeyPatch
+    newsroom: dict[str, str], story: StoryRef, settings_env: pytest.MonkeyPatch
 ) -> None:
     set_setting(settings_env, "NEWSROOM_PARTNER_TIMEOUT", "0.2")
     gate = threading.Event()
@@ -183,17 +188,19 @@ def test_a_hanging_partner_times_out_and_waits_its_turn(
 
 
 def test_429_honours_retry_after_in_seconds_and_as_a_date(
-    pipeline: Pipeline, story: StoryRef, hook: Hook
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
 ) -> None:
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
     retry_at = T0 + timedelta(seconds=120) + timedelta(hours=1)
-    hook.answers.extend([
-        Answer(429, {"Retry-After": "120"}),
-        Answer(429, {"Retry-After": format_datetime(retry_at, usegmt=True)}),
-        Answer(429, {"Retry-After": "1"}),
-        Answer(204),
-    ])  # fmt: skip
+    hook.answers.extend(
+        [
+            Answer(429, {"Retry-After": "120"}),
+            Answer(429, {"Retry-After": format_datetime(retry_at, usegmt=True)}),
+            Answer(429, {"Retry-After": "1"}),
+            Answer(204),
+        ]
+    )
 
     assert partners.deliver(delivery_id, now=T0) == "pending"
     # Retry-After asks for a wait: no "at once" retry, and the wait is longer than the ladder's.
@@ -218,7 +225,7 @@ def test_429_honours_retry_after_in_seconds_and_as_a_date(
 
 @pytest.mark.parametrize("status", [408, 502, 503])
 def test_other_retryable_answers_wait_on_the_ladder(
-    pipeline: Pipeline, story: StoryRef, hook: Hook, status: int
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, status: int
 ) -> None:
     hook.default = Answer(status)
     partner = new_partner(hook.url)
@@ -230,7 +237,7 @@ def test_other_retryable_answers_wait_on_the_ladder(
 
 
 def test_a_redirect_is_not_followed_and_the_delivery_is_dead(
-    pipeline: Pipeline, story: StoryRef, hook: Hook
+    newsroom: dict[str, str], story: StoryRef, hook: Hook
 ) -> None:
     elsewhere = Hook()
     try:
@@ -250,7 +257,9 @@ def test_a_redirect_is_not_followed_and_the_delivery_is_dead(
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-def test_a_client_error_is_dead_at_once(pipeline: Pipeline, story: StoryRef, hook: Hook, status: int) -> None:
+def test_a_client_error_is_dead_at_once(
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, status: int
+) -> None:
     hook.default = Answer(status)
     partner = new_partner(hook.url)
     delivery_id = new_delivery(partner, story.id, next_attempt_at=LATER)
@@ -380,7 +389,7 @@ def test_a_newer_version_waits_while_an_older_one_is_in_flight(
 
 
 def test_a_partner_with_every_slot_busy_gets_the_delivery_back_later(
-    pipeline: Pipeline, story: StoryRef, hook: Hook, settings_env: pytest.MonkeyPatch
+    newsroom: dict[str, str], story: StoryRef, hook: Hook, settings_env: pytest.MonkeyPatch
 ) -> None:
     set_setting(settings_env, "NEWSROOM_PARTNER_CONCURRENCY", "1")
     partner = new_partner(hook.url)
@@ -443,8 +452,9 @@ def test_deliveries_list_in_the_api_and_the_cli(
         1,
     )
     assert (dead["last_status"], dead["last_error"], dead["event"]) == (400, "HTTP 400", "story.published")
-    only_dead = pipeline.client.get("/v1/deliveries", params={"partner": partner.name, "status": "dead"},
-                                    headers=admin).json()["deliveries"]  # fmt: skip
+    only_dead = pipeline.client.get(
+        "/v1/deliveries", params={"partner": partner.name, "status": "dead"}, headers=admin
+    ).json()["deliveries"]
     assert [d["id"] for d in only_dead] == [dead_id]
 
     assert pipeline.client.get("/v1/deliveries").status_code == 401
@@ -458,11 +468,26 @@ def test_deliveries_list_in_the_api_and_the_cli(
 
 
 def test_partner_add_prints_a_secret_and_keeps_its_filters(
-    pipeline: Pipeline, hook: Hook, capsys: pytest.CaptureFixture[str]
+    newsroom: dict[str, str], hook: Hook, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"cli-partner-{T0.timestamp():.0f}-{id(hook)}"
-    main(["partner", "add", name, "--url", hook.url, "--section", "World", "--tag", "Київ",
-          "--label", "Breaking", "--label", "exclusive"])  # fmt: skip
+    main(
+        [
+            "partner",
+            "add",
+            name,
+            "--url",
+            hook.url,
+            "--section",
+            "World",
+            "--tag",
+            "Київ",
+            "--label",
+            "Breaking",
+            "--label",
+            "exclusive",
+        ]
+    )
     out = capsys.readouterr().out
     secret = out.strip().splitlines()[-1].split(": ")[-1]
     assert secret.startswith("whsec_")

@@ -16,7 +16,7 @@ from shared.db import get_engine, session_scope
 from shared.errors import PermanentError
 from shared.migrate import alembic_config, upgrade
 from shared.models import Partner
-from tests.support import newsroom_environment
+from tests.helpers.support import newsroom_environment
 
 CLEAR = "whsec_c2VjcmV0LXN0b3JlZC1pbi1jbGVhci1iZWZvcmUtMDAwMw=="
 
@@ -27,11 +27,14 @@ def test_upgrade_seals_secrets_stored_in_clear(tmp_path: Path) -> None:
     with newsroom_environment(env):
         command.upgrade(alembic_config(), "0002")
         with get_engine().begin() as connection:
-            connection.execute(text(
-                "INSERT INTO partners (name, url, secret, format, sections, tags, labels, enabled, "
-                "created_at) VALUES ('old', 'http://127.0.0.1:9/', :secret, 'ninjs', '[]', '[]', '[]', 1, "
-                "'2026-01-01')"
-            ), {"secret": CLEAR})  # fmt: skip
+            connection.execute(
+                text(
+                    "INSERT INTO partners (name, url, secret, format, sections, tags, labels, enabled, "
+                    "created_at) VALUES ('old', 'http://127.0.0.1:9/', :secret, 'ninjs', '[]', '[]', '[]', "
+                    "1, '2026-01-01')"
+                ),
+                {"secret": CLEAR},
+            )
         upgrade()
         with session_scope(read_only=True) as session:
             partner = session.query(Partner).filter_by(name="old").one()
@@ -42,11 +45,18 @@ def test_upgrade_seals_secrets_stored_in_clear(tmp_path: Path) -> None:
         # in by a last close), from another process (closing a descriptor of the file here
         # would drop this process's locks on it).
         found = subprocess.run(
-            [sys.executable, "-c", "import sys; print(any(sys.argv[2].encode() in open(f, 'rb').read() "
-             "for f in (sys.argv[1], sys.argv[1] + '-wal') if __import__('os').path.exists(f)))",
-             str(database), CLEAR.removeprefix("whsec_")],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import sys; print(any(sys.argv[2].encode() in open(f, 'rb').read() "
+                "for f in (sys.argv[1], sys.argv[1] + '-wal') if __import__('os').path.exists(f)))",
+                str(database),
+                CLEAR.removeprefix("whsec_"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert found == "False"
 
 

@@ -8,70 +8,23 @@ so that its module-level settings (socket timeouts, sys.path) stay out of the te
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from services.syndicate.feeds import FeedFormat, FeedKey, RenderedFeed, feed_url, render_feed
+from services.syndicate.feeds import FeedFormat, FeedKey, feed_url, render_feed
 from shared.config import Settings
 from shared.models import Story, StoryLabel, StoryTag
-
-SRC = os.environ.get("FEEDVALIDATOR_SRC", "")
+from tests.helpers.w3c import SRC, validate
 
 pytestmark = pytest.mark.skipif(
     not SRC or not (Path(SRC) / "feedvalidator" / "__init__.py").is_file(),
     reason="FEEDVALIDATOR_SRC does not point to the src/ of a w3c/feedvalidator checkout",
 )
 
-# Validates stdin as if served from argv[2] with the Content-Type argv[3]; prints the events
-# at warning level and above as JSON.
-VALIDATE = r"""
-import io, json, sys
-sys.path.insert(0, sys.argv[1])
-import feedvalidator
-from feedvalidator import logging as fvlog
-
-data = sys.stdin.buffer.read()
-try:
-    result = feedvalidator.validateStream(
-        io.BytesIO(data), firstOccurrenceOnly=0, contentType=sys.argv[3], base=sys.argv[2]
-    )
-    events = result["loggedEvents"]
-except fvlog.ValidationFailure as failure:
-    events = [failure.event]
-out = []
-for event in events:
-    if isinstance(event, fvlog.Error):
-        level = "error"
-    elif isinstance(event, fvlog.Warning):
-        level = "warning"
-    else:
-        continue
-    params = {key: str(value) for key, value in event.params.items()}
-    out.append({"level": level, "type": type(event).__name__, "params": params})
-print(json.dumps(out))
-"""
-
 SITE = "https://news.example.com"
 T0 = datetime(2025, 7, 18, 16, 16, tzinfo=UTC)
-
-
-def validate(feed: RenderedFeed, url: str) -> list[dict[str, Any]]:
-    completed = subprocess.run(
-        [sys.executable, "-c", VALIDATE, SRC, url, feed.media_type],
-        input=feed.body,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
-    events: list[dict[str, Any]] = json.loads(completed.stdout)
-    return events
 
 
 def stories() -> list[Story]:

@@ -48,8 +48,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("previous_secret_sealed", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("previous_secret_until", shared.models.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("removed_at", shared.models.UTCDateTime(), nullable=True))
-    partners = sa.table("partners", sa.column("id", sa.Integer()), sa.column("secret", sa.Text()),
-                        sa.column("secret_sealed", sa.Text()))  # fmt: skip
+    partners = sa.table(
+        "partners",
+        sa.column("id", sa.Integer()),
+        sa.column("secret", sa.Text()),
+        sa.column("secret_sealed", sa.Text()),
+    )
     for row in bind.execute(sa.select(partners.c.id, partners.c.secret)).all():
         bind.execute(
             partners.update().where(partners.c.id == row.id).values(secret_sealed=seal(row.secret), secret="")
@@ -65,10 +69,16 @@ def downgrade() -> None:
     bind = op.get_bind()
     with op.batch_alter_table("partners", schema=None) as batch_op:
         batch_op.add_column(sa.Column("secret", sa.Text(), nullable=True))
-    partners = sa.table("partners", sa.column("id", sa.Integer()), sa.column("secret", sa.Text()),
-                        sa.column("secret_sealed", sa.Text()))  # fmt: skip
+    partners = sa.table(
+        "partners",
+        sa.column("id", sa.Integer()),
+        sa.column("secret", sa.Text()),
+        sa.column("secret_sealed", sa.Text()),
+    )
     for row in bind.execute(sa.select(partners.c.id, partners.c.secret_sealed)).all():
-        bind.execute(partners.update().where(partners.c.id == row.id).values(secret=unseal(row.secret_sealed)))
+        bind.execute(
+            partners.update().where(partners.c.id == row.id).values(secret=unseal(row.secret_sealed))
+        )
     with op.batch_alter_table("partners", schema=None) as batch_op:
         batch_op.alter_column("secret", existing_type=sa.Text(), nullable=False)
         batch_op.drop_column("removed_at")

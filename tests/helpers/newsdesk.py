@@ -23,7 +23,7 @@ from shared.db import session_scope
 from shared.models import Delivery, Partner, Source, Story, StoryLabel
 from shared.stories import set_tags
 from shared.text import html_to_text, slugify
-from tests.support import PartnerServer, Push, Reply
+from tests.helpers.support import PartnerServer, Push, Reply
 
 # Cyrillic, markup characters and emoji, in titles and bodies.
 TRICKY_HEADLINE = "Київ & <Львів>: «ціни» 🎉 a < b"
@@ -71,13 +71,24 @@ def insert_story(
     slug = f"{slugify(headline)[:60]}-{token}"
     with session_scope() as session:
         story = Story(
-            source_id=source_id, guid=f"urn:syndicate:{token}", slug=slug, status=status, revision=1,
-            content_hash=token, headline=headline, lede=lede, body_html=body_html,
+            source_id=source_id,
+            guid=f"urn:syndicate:{token}",
+            slug=slug,
+            status=status,
+            revision=1,
+            content_hash=token,
+            headline=headline,
+            lede=lede,
+            body_html=body_html,
             # Sections are stored as slugs, as ingest and publish store them.
-            body_text=html_to_text(body_html), language="uk", section=slugify(section) if section else None,
-            author_name=author_name, author_slug=slugify(author_name) if author_name else None,
-            picture=picture, published_at=published_at,
-        )  # fmt: skip
+            body_text=html_to_text(body_html),
+            language="uk",
+            section=slugify(section) if section else None,
+            author_name=author_name,
+            author_slug=slugify(author_name) if author_name else None,
+            picture=picture,
+            published_at=published_at,
+        )
         session.add(story)
         session.flush()
         set_tags(story, tags or [])
@@ -152,19 +163,39 @@ def disable_partner(partner_id: int) -> None:
 
 
 def new_delivery(
-    partner: PartnerRef, story_id: int, *, version: int = 1, event: str = "story.published",
+    partner: PartnerRef,
+    story_id: int,
+    *,
+    version: int = 1,
+    event: str = "story.published",
     next_attempt_at: datetime,
-) -> str:  # fmt: skip
+) -> str:
     """A pending delivery row no task was queued for (so only the test attempts it)."""
     delivery_id = f"msg_{secrets.token_hex(12)}"
-    payload = json.dumps({"type": event, "timestamp": "2025-07-18T16:16:00Z",
-                          "data": {"uri": f"urn:test:{story_id}", "version": str(version),
-                                   "headlines": [{"role": "main", "value": TRICKY_HEADLINE}]}},
-                         ensure_ascii=False)  # fmt: skip
+    payload = json.dumps(
+        {
+            "type": event,
+            "timestamp": "2025-07-18T16:16:00Z",
+            "data": {
+                "uri": f"urn:test:{story_id}",
+                "version": str(version),
+                "headlines": [{"role": "main", "value": TRICKY_HEADLINE}],
+            },
+        },
+        ensure_ascii=False,
+    )
     with session_scope() as session:
-        session.add(Delivery(id=delivery_id, partner_id=partner.id, story_id=story_id,
-                             story_revision=version, event=event, payload=payload,
-                             next_attempt_at=next_attempt_at))  # fmt: skip
+        session.add(
+            Delivery(
+                id=delivery_id,
+                partner_id=partner.id,
+                story_id=story_id,
+                story_revision=version,
+                event=event,
+                payload=payload,
+                next_attempt_at=next_attempt_at,
+            )
+        )
     return delivery_id
 
 

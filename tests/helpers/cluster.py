@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,7 @@ import httpx
 import redis as redis_lib
 
 from shared.redis import redis_server_binary
-from tests.conftest import GENEROUS_LIMITS, ROOT, wait_for
-from tests.support import LOOPBACK_ALLOW
+from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, start_newsroom, stop_newsroom, wait_for
 
 
 def free_port() -> int:
@@ -41,11 +38,25 @@ class OwnRedis:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str(self.directory / "redis.log")],
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         client = redis_lib.Redis.from_url(self.url, socket_connect_timeout=0.5)
         wait_for(lambda: self._ping(client), timeout=15, what="redis to start")
 
@@ -95,22 +106,10 @@ class Cluster:
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=30)
 
     def start(self, name: str, *args: str) -> None:
-        with open(self.directory / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *args], env={**os.environ, **self.env},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-            )  # fmt: skip
+        self.processes[name] = start_newsroom(self.directory / f"{name}.log", self.env, *args)
 
     def stop(self, name: str, *, kill: bool = False) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_newsroom(self.processes.pop(name, None), kill=kill)
 
     def start_api(self) -> None:
         self.start("api", "api", "--port", str(self.api_port))
@@ -140,12 +139,22 @@ class Cluster:
     # --- driving it -----------------------------------------------------------------
 
     def post(self, source: str, token: str, item: dict[str, Any]) -> httpx.Response:
-        return self.http.post(f"/v1/wire/{source}", content=json.dumps(item),
-                              headers={"Authorization": f"Bearer {token}",
-                                       "Content-Type": "application/ninjs+json"})  # fmt: skip
+        return self.http.post(
+            f"/v1/wire/{source}",
+            content=json.dumps(item),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/ninjs+json"},
+        )
 
-    def burst(self, source: str, token: str, items: list[dict[str, Any]], *, workers: int = 8,
-              during: Any = None, at: int | None = None) -> list[int]:  # fmt: skip
+    def burst(
+        self,
+        source: str,
+        token: str,
+        items: list[dict[str, Any]],
+        *,
+        workers: int = 8,
+        during: Any = None,
+        at: int | None = None,
+    ) -> list[int]:
         """Post items concurrently; call ``during()`` once ``at`` posts were accepted. Returns receipts."""
         receipts: list[int] = []
         fired = False

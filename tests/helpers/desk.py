@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -14,11 +14,11 @@ from standardwebhooks.webhooks import Webhook
 
 from services.syndicate.partners import add_partner
 from shared.db import session_scope
-from shared.models import Delivery, Partner, Revision, Source, Story
+from shared.models import Delivery, Partner, Revision, Source, Story, utcnow
 from shared.stories import add_revision, set_labels, set_tags
 from shared.text import html_to_text, slugify
-from tests.conftest import Pipeline, wait_for
-from tests.support import PartnerServer, text_of
+from tests.helpers.pipeline import Pipeline
+from tests.helpers.support import PartnerServer, text_of, wait_for
 
 __all__ = ["Desk", "TaggedPartner", "make_desk", "tagged_partner", "text_of"]
 
@@ -72,11 +72,19 @@ class Desk:
         labels = fields.pop("labels", [])
         with session_scope() as session:
             story = Story(
-                source_id=self.source_id, guid=f"urn:desk:{token}", slug=f"{slugify(headline)}-{token}",
-                status="ingested", revision=1, content_hash=token, headline=headline,
-                lede=fields.pop("lede", f"Lede of {token}"), body_html=body_html,
-                body_text=html_to_text(body_html), language="en", **fields,
-            )  # fmt: skip
+                source_id=self.source_id,
+                guid=f"urn:desk:{token}",
+                slug=f"{slugify(headline)}-{token}",
+                status="ingested",
+                revision=1,
+                content_hash=token,
+                headline=headline,
+                lede=fields.pop("lede", f"Lede of {token}"),
+                body_html=body_html,
+                body_text=html_to_text(body_html),
+                language="en",
+                **fields,
+            )
             session.add(story)
             session.flush()
             set_tags(story, tags)
@@ -187,11 +195,41 @@ def tagged_partner(desk: Desk) -> Iterator[TaggedPartner]:
         created = add_partner(
             session, name=f"partner-{secrets.token_hex(4)}", url=server.url, tags=[desk.tag]
         )
-        tagged = TaggedPartner(server=server, tag=desk.tag, secret=created.secret, partner_id=created.id,
-                               name=created.name)  # fmt: skip
+        tagged = TaggedPartner(
+            server=server, tag=desk.tag, secret=created.secret, partner_id=created.id, name=created.name
+        )
     try:
         yield tagged
     finally:
         with session_scope() as session:
             session.get_one(Partner, tagged.partner_id).enabled = False
         server.close()
+
+
+WORKER = ("worker", "-c", "2", "--loglevel", "INFO")
+
+
+def soon(seconds: float) -> datetime:
+    return (utcnow() + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def watch_until_published(desk: Desk, story_ids: list[int], at: datetime, timeout: float = 30) -> None:
+    """Poll until every story is published, failing if any is seen published before ``at``."""
+
+    def all_published() -> bool:
+        statuses = [desk.get(story_id)["status"] for story_id in story_ids]
+        seen_at = utcnow()
+        if seen_at < at:
+            assert statuses == ["scheduled"] * len(story_ids), "published before its time"
+        return statuses == ["published"] * len(story_ids)
+
+    wait_for(all_published, timeout=timeout, interval=0.1, what=f"stories {story_ids} published")
+
+
+def assert_published_once(desk: Desk, partner: TaggedPartner, story_id: int, at: datetime) -> None:
+    story = row(story_id)
+    assert story.published_at is not None and story.published_at >= at
+    assert [a for _, a, _, _ in actions(story_id)].count("published") == 1
+    assert all(when >= at for when in revision_times(story_id, "published"))
+    assert partner.delivery_events(story_id) == ["story.published"]
+    wait_for(lambda: partner.events(story.slug) == ["story.published"], what=f"story {story_id} pushed")
