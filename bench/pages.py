@@ -78,8 +78,15 @@ def _wrk_duration_ms(text: str) -> float:
     return round(value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit], 2)
 
 
-def wrk(base: str, paths: list[str], *, connections: int, seconds: float,
-        headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+def wrk(
+    base: str,
+    paths: list[str],
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    pause_ms: int = 0,
+) -> dict[str, Any]:
     """Requests/s and latency percentiles from wrk (two threads), over the paths in turn, each
     connection pausing ``pause_ms`` between requests."""
     assert WRK is not None
@@ -91,8 +98,13 @@ def wrk(base: str, paths: list[str], *, connections: int, seconds: float,
         if pause_ms:
             script.write(WRK_DELAY_SCRIPT % pause_ms)
     try:
-        output = subprocess.run([*command, "-s", script.name, base], capture_output=True, text=True,
-                                timeout=seconds + 60, check=True).stdout  # fmt: skip
+        output = subprocess.run(
+            [*command, "-s", script.name, base],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
     finally:
         os.unlink(script.name)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
@@ -111,8 +123,14 @@ def wrk(base: str, paths: list[str], *, connections: int, seconds: float,
     return result
 
 
-async def _client(port: int, requests: list[bytes], stop: float, latencies: list[float],
-                  statuses: dict[int, int], pause: float = 0.0) -> None:  # fmt: skip
+async def _client(
+    port: int,
+    requests: list[bytes],
+    stop: float,
+    latencies: list[float],
+    statuses: dict[int, int],
+    pause: float = 0.0,
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     n = 0
     try:
@@ -137,8 +155,9 @@ async def _client(port: int, requests: list[bytes], stop: float, latencies: list
         writer.close()
 
 
-def _client_process(port: int, requests: list[bytes], connections: int, seconds: float,
-                    out: Any, pause: float) -> None:  # fmt: skip
+def _client_process(
+    port: int, requests: list[bytes], connections: int, seconds: float, out: Any, pause: float
+) -> None:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
 
@@ -152,8 +171,15 @@ def _client_process(port: int, requests: list[bytes], connections: int, seconds:
     out.put((latencies, statuses))
 
 
-def clients(base: str, paths: list[str], *, connections: int, seconds: float,
-            headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+def clients(
+    base: str,
+    paths: list[str],
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    pause_ms: int = 0,
+) -> dict[str, Any]:
     """The same measurement as ``wrk`` from several client processes (when wrk is missing)."""
     port = int(base.rsplit(":", 1)[1].rstrip("/"))
     requests = []
@@ -163,11 +189,20 @@ def clients(base: str, paths: list[str], *, connections: int, seconds: float,
         requests.append(("\r\n".join(lines) + "\r\n\r\n").encode())
     processes = max(1, min(4, connections))
     queue: Any = multiprocessing.get_context("spawn").Queue()
-    workers = [multiprocessing.get_context("spawn").Process(
-        target=_client_process,
-        args=(port, requests, connections // processes + (n < connections % processes), seconds, queue,
-              pause_ms / 1000),
-    ) for n in range(processes)]  # fmt: skip
+    workers = [
+        multiprocessing.get_context("spawn").Process(
+            target=_client_process,
+            args=(
+                port,
+                requests,
+                connections // processes + (n < connections % processes),
+                seconds,
+                queue,
+                pause_ms / 1000,
+            ),
+        )
+        for n in range(processes)
+    ]
     started = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -181,16 +216,28 @@ def clients(base: str, paths: list[str], *, connections: int, seconds: float,
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - started
-    return {"requests_per_second": round(len(latencies) / elapsed), "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "statuses": statuses}  # fmt: skip
+    return {
+        "requests_per_second": round(len(latencies) / elapsed),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "statuses": statuses,
+    }
 
 
-def measure(base: str, paths: list[str], *, connections: int = CONNECTIONS, seconds: float = SECONDS,
-            headers: dict[str, str] | None = None, pause_ms: int = 0) -> dict[str, Any]:  # fmt: skip
+def measure(
+    base: str,
+    paths: list[str],
+    *,
+    connections: int = CONNECTIONS,
+    seconds: float = SECONDS,
+    headers: dict[str, str] | None = None,
+    pause_ms: int = 0,
+) -> dict[str, Any]:
     """Load on the paths (in turn) with whichever generator is available."""
     generator = wrk if WRK else clients
-    return generator(base, paths, connections=connections, seconds=seconds, headers=headers,
-                     pause_ms=pause_ms)  # fmt: skip
+    return generator(
+        base, paths, connections=connections, seconds=seconds, headers=headers, pause_ms=pause_ms
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -233,17 +280,22 @@ def serving() -> dict[str, Any]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSROOM_")}
-    env.update({"NEWSROOM_DATA_DIR": str(data_dir), "NEWSROOM_SITE_URL": base,
-                "NEWSROOM_LOG_LEVEL": "WARNING"})  # fmt: skip
+    env.update(
+        {"NEWSROOM_DATA_DIR": str(data_dir), "NEWSROOM_SITE_URL": base, "NEWSROOM_LOG_LEVEL": "WARNING"}
+    )
     command = [sys.executable, "-m", "services.cli", "up", "--demo", "--port", str(port)]
     with open(data_dir / "up.log", "ab") as log:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     http = httpx.Client(base_url=base, timeout=30)
     try:
         # The demo prints its URLs once every story is published and in the feeds.
-        _wait(lambda: "Front page" in (data_dir / "up.log").read_text(errors="replace"), timeout=180,
-              what=f"the demo; see {data_dir}/up.log")  # fmt: skip
+        _wait(
+            lambda: "Front page" in (data_dir / "up.log").read_text(errors="replace"),
+            timeout=180,
+            what=f"the demo; see {data_dir}/up.log",
+        )
         front = http.get("/")
         stories = re.findall(r'href="(/stories/[^"]+)"', front.text)
         tags = re.findall(r'href="(/tags/[^"]+)"', http.get(stories[0]).text) if stories else []
@@ -324,9 +376,13 @@ def spike() -> dict[str, Any]:
         return {"skipped": "no PostgreSQL server"}
     cluster = Cluster(directory, url)
     cluster.env.update({"NEWSROOM_LOG_LEVEL": "WARNING", "NEWSROOM_OUTBOX_LEASE": "120"})
-    results: dict[str, Any] = {"backend": SPIKE_BACKEND, "rate_per_s": SPIKE_RATE, "seconds": SPIKE_SECONDS,
-                               "readers": SPIKE_READERS,
-                               "generator": "wrk -t2" if WRK else "client processes"}  # fmt: skip
+    results: dict[str, Any] = {
+        "backend": SPIKE_BACKEND,
+        "rate_per_s": SPIKE_RATE,
+        "seconds": SPIKE_SECONDS,
+        "readers": SPIKE_READERS,
+        "generator": "wrk -t2" if WRK else "client processes",
+    }
     try:
         with newsroom_environment(cluster.env):
             upgrade()

@@ -48,13 +48,23 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
 async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
     # The database is the source of truth: nothing is half-kept, the client sends again.
     log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
-    return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; try again"},
-                        status_code=503, headers={"Retry-After": "5"})  # fmt: skip
+    return JSONResponse(
+        {"error": "unavailable", "detail": "the database is unavailable; try again"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
-_ERROR_CODES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "too_large",
-                415: "unsupported_media_type"}  # fmt: skip
+_ERROR_CODES = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -63,8 +73,9 @@ async def _http_error(request: Request, error: Exception) -> Response:
     if error.status_code < 400:
         return Response(status_code=error.status_code, headers=error.headers)
     code = _ERROR_CODES.get(error.status_code, "error")
-    return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code,
-                        headers=error.headers)  # fmt: skip
+    return JSONResponse(
+        {"error": code, "detail": str(error.detail)}, status_code=error.status_code, headers=error.headers
+    )
 
 
 class NewsroomApp(FastAPI):
@@ -90,19 +101,27 @@ def swagger_page(openapi_url: str) -> HTMLResponse:
     document = lxml_html.fromstring(bytes(page.body))
     hashes = " ".join(
         f"'sha256-{b64encode(hashlib.sha256((script.text or '').encode()).digest()).decode()}'"
-        for script in document.iter("script") if not script.get("src")
-    )  # fmt: skip
-    csp = (f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
-           "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https:; "
-           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
+        for script in document.iter("script")
+        if not script.get("src")
+    )
+    csp = (
+        f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
+        "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
     return HTMLResponse(bytes(page.body), headers={"Content-Security-Policy": csp})
 
 
 def create_app() -> FastAPI:
     """Build the application (no connections are opened until the first request)."""
     docs = get_settings().api_docs
-    app = NewsroomApp(title="Newsroom", version="0.1.0", docs_url=None, redoc_url=None,
-                      openapi_url="/openapi.json" if docs else None)  # fmt: skip
+    app = NewsroomApp(
+        title="Newsroom",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.add_exception_handler(NewsroomError, handle_newsroom_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
@@ -127,8 +146,9 @@ def create_app() -> FastAPI:
     async def readyz() -> JSONResponse:
         checks = await run_in_threadpool(_dependency_checks)
         ok = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
-                            status_code=200 if ok else 503)  # fmt: skip
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
+        )
 
     if docs:
 

@@ -51,8 +51,10 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 # Anything that does not set its own policy (JSON, feeds, errors) may load and be framed by nothing;
 # an HTML page without one gets the reader pages' policy (its own stylesheet, images, forms to us).
 DEFAULT_CSP = b"default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-HTML_CSP = (b"default-src 'none'; img-src * data:; style-src 'self'; base-uri 'none'; "
-            b"form-action 'self'; frame-ancestors 'none'")  # fmt: skip
+HTML_CSP = (
+    b"default-src 'none'; img-src * data:; style-src 'self'; base-uri 'none'; "
+    b"form-action 'self'; frame-ancestors 'none'"
+)
 # A header list that ends with one of these very objects came from ``with_security_headers``.
 _DEFAULT_CSP_HEADER = (b"content-security-policy", DEFAULT_CSP)
 _HTML_CSP_HEADER = (b"content-security-policy", HTML_CSP)
@@ -94,16 +96,31 @@ def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[
     return out
 
 
-async def _refuse(send: Send, status: int, code: str, detail: str, *, text: bool = False,
-                  headers: list[tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    text: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """Answer a refusal: the JSON error body of the API (plain text on reader paths)."""
     if text:
         body, media_type = f"{detail}\n".encode(), b"text/plain; charset=utf-8"
     else:
         body, media_type = json.dumps({"error": code, "detail": detail}).encode(), b"application/json"
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", media_type), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", media_type),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -162,9 +179,14 @@ class Guard:
             if wait is False:
                 wait = await self.limiter.ask_redis("public", who, settings.rate_public)
             if wait is not None:
-                await _refuse(send, 429, "rate_limited", "too many requests from this address; "
-                              f"try again in {wait} s", text=True,
-                              headers=[(b"retry-after", str(wait).encode())])  # fmt: skip
+                await _refuse(
+                    send,
+                    429,
+                    "rate_limited",
+                    f"too many requests from this address; try again in {wait} s",
+                    text=True,
+                    headers=[(b"retry-after", str(wait).encode())],
+                )
                 return
         wire = api and path.startswith(WIRE_PREFIX) and scope["method"] == "POST"
         limit = settings.max_body_bytes
@@ -185,15 +207,25 @@ class Guard:
             except (OperationalError, PoolTimeoutError) as error:
                 # No token can be checked without the database: the client sends again later.
                 log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
-                await _refuse(send, 503, "unavailable", "the database is unavailable; try again",
-                              headers=[(b"retry-after", b"5")])  # fmt: skip
+                await _refuse(
+                    send,
+                    503,
+                    "unavailable",
+                    "the database is unavailable; try again",
+                    headers=[(b"retry-after", b"5")],
+                )
                 return
             scope.setdefault("state", {})[PRINCIPAL_STATE] = caller
             if wire:
                 wait = await self.limiter.check("wire", str(caller.token_id), settings.rate_wire)
                 if wait is not None:
-                    await _refuse(send, 429, "rate_limited", f"too many posts with this token; try again "
-                                  f"in {wait} s", headers=[(b"retry-after", str(wait).encode())])  # fmt: skip
+                    await _refuse(
+                        send,
+                        429,
+                        "rate_limited",
+                        f"too many posts with this token; try again in {wait} s",
+                        headers=[(b"retry-after", str(wait).encode())],
+                    )
                     return
         if wire:
             await self.app(scope, receive, send)  # the wire endpoint reads at most its limit itself
@@ -272,8 +304,9 @@ class RateLimits:
 
         url = redis_url()
         if self._limiter is None or url != self._url:
-            storage = RedisStorage(url, key_prefix="newsroom:rate", socket_timeout=1.0,
-                                   socket_connect_timeout=1.0)  # fmt: skip
+            storage = RedisStorage(
+                url, key_prefix="newsroom:rate", socket_timeout=1.0, socket_connect_timeout=1.0
+            )
             self._limiter, self._url = FixedWindowRateLimiter(storage), url
         return self._limiter
 
@@ -347,6 +380,7 @@ class RateLimits:
             with self._lock:
                 if len(self._allowances) >= self.MAX_KEYS:
                     self._allowances = {k: v for k, v in self._allowances.items() if v.until > now}
-                self._allowances[key] = _Allowance(left=0 if refused else batch - 1, until=until,
-                                                   refused=refused)  # fmt: skip
+                self._allowances[key] = _Allowance(
+                    left=0 if refused else batch - 1, until=until, refused=refused
+                )
             return max(1, math.ceil(until - now)) if refused else None

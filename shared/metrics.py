@@ -62,9 +62,15 @@ def fold_deltas(session: Session, *, batch: int = FOLD_BATCH) -> int:
     taken = session.execute(
         delete(MetricDelta)
         .where(MetricDelta.id.in_(select(MetricDelta.id).order_by(MetricDelta.id).limit(batch)))
-        .returning(MetricDelta.metric, MetricDelta.owner_id, MetricDelta.label, MetricDelta.status,
-                   MetricDelta.count, MetricDelta.items)
-    ).all()  # fmt: skip
+        .returning(
+            MetricDelta.metric,
+            MetricDelta.owner_id,
+            MetricDelta.label,
+            MetricDelta.status,
+            MetricDelta.count,
+            MetricDelta.items,
+        )
+    ).all()
     sums: dict[tuple[str, int, str, str], list[int]] = {}
     for metric, owner_id, label, status, count, items in taken:
         total = sums.setdefault((metric, owner_id, label, status), [0, 0])
@@ -72,15 +78,28 @@ def fold_deltas(session: Session, *, batch: int = FOLD_BATCH) -> int:
         total[1] += items
     if sums:
         insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        rows = [{"metric": key[0], "owner_id": key[1], "label": key[2], "status": key[3], "count": count,
-                 "items": items} for key, (count, items) in sorted(sums.items())]  # fmt: skip
+        rows = [
+            {
+                "metric": key[0],
+                "owner_id": key[1],
+                "label": key[2],
+                "status": key[3],
+                "count": count,
+                "items": items,
+            }
+            for key, (count, items) in sorted(sums.items())
+        ]
         statement = insert(MetricTotal).values(rows)
         # Sorted rows: concurrent folds lock the totals in one order.
-        session.execute(statement.on_conflict_do_update(
-            index_elements=["metric", "owner_id", "label", "status"],
-            set_={"count": MetricTotal.count + statement.excluded["count"],
-                  "items": MetricTotal.items + statement.excluded["items"]},
-        ))  # fmt: skip
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["metric", "owner_id", "label", "status"],
+                set_={
+                    "count": MetricTotal.count + statement.excluded["count"],
+                    "items": MetricTotal.items + statement.excluded["items"],
+                },
+            )
+        )
     return len(taken)
 
 
@@ -96,9 +115,15 @@ def database_counts() -> dict[str, Any]:
         sources = {id_: name for id_, name in session.execute(select(Source.id, Source.name))}
         partners = {id_: name for id_, name in session.execute(select(Partner.id, Partner.name))}
         for metric, owner_id, label, status, count, items in session.execute(
-            select(MetricTotal.metric, MetricTotal.owner_id, MetricTotal.label, MetricTotal.status,
-                   MetricTotal.count, MetricTotal.items).order_by(MetricTotal.metric, MetricTotal.owner_id)
-        ):  # fmt: skip
+            select(
+                MetricTotal.metric,
+                MetricTotal.owner_id,
+                MetricTotal.label,
+                MetricTotal.status,
+                MetricTotal.count,
+                MetricTotal.items,
+            ).order_by(MetricTotal.metric, MetricTotal.owner_id)
+        ):
             if metric == "received" and owner_id in sources:
                 counts["received"].append([sources[owner_id], label, status, count, items])
             elif metric == "stories":
@@ -114,14 +139,17 @@ class NewsroomCollector(Collector):
     """Counters and gauges of the whole pipeline."""
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        received = CounterMetricFamily("newsroom_items_received", "Wire posts received",
-                                       labels=["source", "format", "status"])  # fmt: skip
-        items = CounterMetricFamily("newsroom_wire_items", "Wire items in accepted posts",
-                                    labels=["source", "format"])  # fmt: skip
+        received = CounterMetricFamily(
+            "newsroom_items_received", "Wire posts received", labels=["source", "format", "status"]
+        )
+        items = CounterMetricFamily(
+            "newsroom_wire_items", "Wire items in accepted posts", labels=["source", "format"]
+        )
         published = GaugeMetricFamily("newsroom_stories", "Stories by status", labels=["status"])
         renders = CounterMetricFamily("newsroom_feed_renders", "Feed renders", labels=["feed"])
-        deliveries = CounterMetricFamily("newsroom_deliveries", "Partner deliveries",
-                                         labels=["partner", "status"])  # fmt: skip
+        deliveries = CounterMetricFamily(
+            "newsroom_deliveries", "Partner deliveries", labels=["partner", "status"]
+        )
         counts = database_counts()
         accepted: dict[tuple[str, str], int] = {}
         for source, fmt, status, count, total in counts["received"]:
@@ -157,6 +185,9 @@ class NewsroomCollector(Collector):
         for bound in [*map(str, LATENCY_BUCKETS), "+Inf"]:
             cumulative += raw.get(bound, 0.0)
             buckets.append((bound, cumulative))
-        yield HistogramMetricFamily("newsroom_publish_to_feed_seconds",
-                                    "From publish to the story being in its feeds",
-                                    buckets=buckets, sum_value=raw.get("sum", 0.0))  # fmt: skip
+        yield HistogramMetricFamily(
+            "newsroom_publish_to_feed_seconds",
+            "From publish to the story being in its feeds",
+            buckets=buckets,
+            sum_value=raw.get("sum", 0.0),
+        )

@@ -33,11 +33,51 @@ def clean_headline(s: str) -> str:
 # HTML --------------------------------------------------------------------------------
 
 _TAGS = {
-    "p", "br", "hr", "a", "b", "strong", "i", "em", "u", "s", "sub", "sup", "small", "mark",
-    "q", "cite", "abbr", "code", "pre", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li",
-    "dl", "dt", "dd", "blockquote", "figure", "figcaption", "img", "table", "caption",
-    "thead", "tbody", "tfoot", "tr", "th", "td", "span", "div",
-}  # fmt: skip
+    "p",
+    "br",
+    "hr",
+    "a",
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "s",
+    "sub",
+    "sup",
+    "small",
+    "mark",
+    "q",
+    "cite",
+    "abbr",
+    "code",
+    "pre",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "li",
+    "dl",
+    "dt",
+    "dd",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "img",
+    "table",
+    "caption",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "th",
+    "td",
+    "span",
+    "div",
+}
 _ATTRIBUTES = {
     "*": set[str](),  # overrides ammonia's generic lang/title
     "a": {"href", "title"},
@@ -160,11 +200,40 @@ def sanitize_html(html_text: str) -> str:
     ).strip()
 
 
-_BLOCK_TAGS = frozenset({
-    "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl", "dt", "dd",
-    "blockquote", "figure", "figcaption", "table", "caption", "thead", "tbody", "tfoot",
-    "tr", "pre", "hr", "section", "article", "header", "footer", "aside",
-})  # fmt: skip
+_BLOCK_TAGS = frozenset(
+    {
+        "p",
+        "div",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "ul",
+        "ol",
+        "li",
+        "dl",
+        "dt",
+        "dd",
+        "blockquote",
+        "figure",
+        "figcaption",
+        "table",
+        "caption",
+        "thead",
+        "tbody",
+        "tfoot",
+        "tr",
+        "pre",
+        "hr",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "aside",
+    }
+)
 _TAG_TEXT = {name: "\n\n" for name in _BLOCK_TAGS} | {"br": "\n", "td": " ", "th": " "}
 _VOID_TAGS = frozenset({"br", "hr", "img", "wbr"})  # one tag, so one break
 _DOCUMENT_TAGS = frozenset({"html", "head", "body"})  # what the parser adds around any text
@@ -244,13 +313,41 @@ _UKRAINIAN_INITIAL_RE = re.compile(r"\b[єїйюя]")
 _UKRAINIAN_INITIAL = {"є": "ye", "ї": "yi", "й": "y", "ю": "yu", "я": "ya"}
 _UKRAINIAN = str.maketrans(
     {
-        "а": "a", "б": "b", "в": "v", "г": "h", "ґ": "g", "д": "d", "е": "e", "є": "ie",
-        "ж": "zh", "з": "z", "и": "y", "і": "i", "ї": "i", "й": "i", "к": "k", "л": "l",
-        "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t", "у": "u",
-        "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ь": "",
-        "ю": "iu", "я": "ia",
+        "а": "a",
+        "б": "b",
+        "в": "v",
+        "г": "h",
+        "ґ": "g",
+        "д": "d",
+        "е": "e",
+        "є": "ie",
+        "ж": "zh",
+        "з": "z",
+        "и": "y",
+        "і": "i",
+        "ї": "i",
+        "й": "i",
+        "к": "k",
+        "л": "l",
+        "м": "m",
+        "н": "n",
+        "о": "o",
+        "п": "p",
+        "р": "r",
+        "с": "s",
+        "т": "t",
+        "у": "u",
+        "ф": "f",
+        "х": "kh",
+        "ц": "ts",
+        "ч": "ch",
+        "ш": "sh",
+        "щ": "shch",
+        "ь": "",
+        "ю": "iu",
+        "я": "ia",
     }
-)  # fmt: skip
+)
 _APOSTROPHE_RE = re.compile(r"(?<=\w)['’ʼ`](?=\w)")
 
 

@@ -30,8 +30,10 @@ class Principal:
 
 
 # Declares the scheme in the OpenAPI document; a missing or malformed header is our own 401.
-_bearer = HTTPBearer(auto_error=False, description="A token from `newsroom source add` (wire) or "
-                     "`newsroom token create` (editor, admin).")  # fmt: skip
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from `newsroom source add` (wire) or `newsroom token create` (editor, admin).",
+)
 # Where the guard (shared.guards) leaves the caller it authenticated before the body was read.
 PRINCIPAL_STATE = "newsroom_principal"
 

@@ -66,8 +66,11 @@ def api(pipeline: Pipeline) -> Iterator[RunningApi]:
         wait_for(healthy, timeout=30, what="the API to answer")
         source, wire = pipeline.source()
         item = {"uri": "urn:fuzz:1", "headline": "Fuzzed", "body_text": "Body"}
-        posted = httpx.post(f"{url}/v1/wire/{source}", content=json.dumps(item),
-                            headers={**wire, "Content-Type": "application/ninjs+json"})  # fmt: skip
+        posted = httpx.post(
+            f"{url}/v1/wire/{source}",
+            content=json.dumps(item),
+            headers={**wire, "Content-Type": "application/ninjs+json"},
+        )
         assert posted.status_code == 202, posted.text
         tokens = {"wire": wire, "editor": pipeline.token("editor"), "admin": pipeline.token("admin")}
         yield RunningApi(url, source, tokens)
@@ -78,16 +81,22 @@ def api(pipeline: Pipeline) -> Iterator[RunningApi]:
 def test_the_document_describes_authentication_and_the_wire_body(api: RunningApi) -> None:
     document = httpx.get(f"{api.url}/openapi.json").json()
     assert document["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]
-        ["HTTPBearer"]["description"],
-    }  # fmt: skip
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["HTTPBearer"]["description"],
+    }
     wire = document["paths"]["/v1/wire/{source_name}"]["post"]
     assert wire["security"] == [{"HTTPBearer": []}]
     assert set(wire["requestBody"]["content"]) == {
-        "application/ninjs+json", "application/json", "application/vnd.newsroom.column+json",
-        "application/vnd.iptc.g2.newsitem+xml", "application/vnd.iptc.g2.newsmessage+xml",
-        "application/xml", "application/rss+xml", "application/atom+xml",
-    }  # fmt: skip
+        "application/ninjs+json",
+        "application/json",
+        "application/vnd.newsroom.column+json",
+        "application/vnd.iptc.g2.newsitem+xml",
+        "application/vnd.iptc.g2.newsmessage+xml",
+        "application/xml",
+        "application/rss+xml",
+        "application/atom+xml",
+    }
     assert {"202", "400", "401", "403", "404", "413", "415", "422", "429"} <= set(wire["responses"])
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
@@ -126,9 +135,14 @@ def test_fuzzed_requests_get_documented_answers(api: RunningApi, role: str) -> N
         for mode, examples in EXAMPLES.items():
             strategy = operation.as_strategy(generation_mode=mode, path_parameters=fixed)
 
-            @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=strategy)
             def call(case: schemathesis.Case) -> None:
                 case.call_and_validate(base_url=api.url, headers=headers, checks=CHECKS, timeout=30)

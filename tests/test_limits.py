@@ -53,9 +53,12 @@ def api_server(pipeline: Pipeline, **env: str) -> Iterator[str]:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
-            env={**os.environ, **pipeline.env, **env}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=ROOT,
-        )  # fmt: skip
+            env={**os.environ, **pipeline.env, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -77,14 +80,25 @@ def api_server(pipeline: Pipeline, **env: str) -> Iterator[str]:
             process.wait()
 
 
-def send_large(base: str, method: str, path: str, total: int, *, headers: dict[str, str] | None = None,
-               chunked: bool = False) -> tuple[int, dict[str, str], int]:  # fmt: skip
+def send_large(
+    base: str,
+    method: str,
+    path: str,
+    total: int,
+    *,
+    headers: dict[str, str] | None = None,
+    chunked: bool = False,
+) -> tuple[int, dict[str, str], int]:
     """Send ``total`` bytes of body as fast as the server takes them, reading the answer as soon as
     it comes: (status, headers, how many body bytes the server had taken by then)."""
     host, port = base.removeprefix("http://").split(":")
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-             *(f"{k}: {v}" for k, v in (headers or {}).items()),
-             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]  # fmt: skip
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}",
+    ]
     piece = b"{" + b"x" * (CHUNK - 1)
     frame = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
     with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -180,10 +194,20 @@ def call(app: Any, method: str, path: str, headers: dict[str, str], receive: Any
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-             "client": ("192.0.2.1", 1), "server": ("test", 80), "scheme": "http", "root_path": "",
-             "http_version": "1.1", "app": app}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("192.0.2.1", 1),
+        "server": ("test", 80),
+        "scheme": "http",
+        "root_path": "",
+        "http_version": "1.1",
+        "app": app,
+    }
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
@@ -193,8 +217,12 @@ def test_no_body_is_read_before_the_caller_is_known(pipeline: Pipeline, authoriz
     headers = {"content-type": "application/json", "transfer-encoding": "chunked"}
     if authorization:
         headers["authorization"] = authorization
-    for method, path in (("PATCH", "/v1/stories/1"), ("POST", "/v1/stories/1/publish"),
-                         ("POST", "/v1/stories/1/unpublish"), ("POST", "/v1/wire/any")):  # fmt: skip
+    for method, path in (
+        ("PATCH", "/v1/stories/1"),
+        ("POST", "/v1/stories/1/publish"),
+        ("POST", "/v1/stories/1/unpublish"),
+        ("POST", "/v1/wire/any"),
+    ):
         receive = EndlessBody()
         status, body = call(create_app(), method, path, headers, receive)
         assert status == 401, body
@@ -205,8 +233,11 @@ def test_no_body_is_read_before_the_caller_is_known(pipeline: Pipeline, authoriz
 def test_authentication_comes_before_parsing(pipeline: Pipeline) -> None:
     client = pipeline.client
     bad = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
-    for method, path in (("PATCH", "/v1/stories/1"), ("POST", "/v1/stories/1/publish"),
-                         ("POST", "/v1/stories/1/unpublish")):  # fmt: skip
+    for method, path in (
+        ("PATCH", "/v1/stories/1"),
+        ("POST", "/v1/stories/1/publish"),
+        ("POST", "/v1/stories/1/unpublish"),
+    ):
         assert client.request(method, path, **bad).status_code == 401  # was 422: parsed first
         editor = {**bad["headers"], **pipeline.token("editor")}
         answer = client.request(method, path, content=bad["content"], headers=editor)
@@ -265,8 +296,14 @@ def test_a_scrape_costs_the_same_however_many_receipts(pipeline: Pipeline) -> No
         assert scrape(clients[0]) == {}
         with session_scope() as session:
             source_id = session.scalars(sql_select(Source.id).where(Source.name == name)).one()
-            row = {"source_id": source_id, "format": "ninjs", "status": "done", "body": b"{}", "size": 2,
-                   "item_count": 1}  # fmt: skip
+            row = {
+                "source_id": source_id,
+                "format": "ninjs",
+                "status": "done",
+                "body": b"{}",
+                "size": 2,
+                "item_count": 1,
+            }
             session.execute(insert(Receipt), [row] * 20_000)
         assert scrape(clients[1]) == {"done": 20_000}
         folding = list(statements)
@@ -283,10 +320,14 @@ def test_a_scrape_costs_the_same_however_many_receipts(pipeline: Pipeline) -> No
             session.execute(sql_delete(Receipt).where(Receipt.id.in_(ids[3:])))
         assert scrape(clients[0]) == {"done": 19_997, "rejected": 3}
         with session_scope(read_only=True) as session:
-            truth = {status: count for status, count in session.execute(
-                sql_select(Receipt.status, func.count()).where(Receipt.source_id == source_id)
-                .group_by(Receipt.status)
-            )}  # fmt: skip
+            truth = {
+                status: count
+                for status, count in session.execute(
+                    sql_select(Receipt.status, func.count())
+                    .where(Receipt.source_id == source_id)
+                    .group_by(Receipt.status)
+                )
+            }
         assert truth == {"done": 19_995, "rejected": 3}  # the two deleted ones stay counted as received
 
 
@@ -319,8 +360,10 @@ def test_public_pages_and_feeds_are_limited_per_address(server: str) -> None:
 def test_the_limit_is_shared_by_every_api_process(pipeline: Pipeline, server: str) -> None:
     forwarded = {"X-Forwarded-For": unique_address()}
     with api_server(pipeline, NEWSROOM_RATE_PUBLIC="5/minute") as other:
-        statuses = [httpx.get(f"{base}/feeds/all.atom", headers=forwarded).status_code
-                    for base in (server, other, server, other, server, other, server)]  # fmt: skip
+        statuses = [
+            httpx.get(f"{base}/feeds/all.atom", headers=forwarded).status_code
+            for base in (server, other, server, other, server, other, server)
+        ]
     assert statuses[:5] == [200] * 5, statuses
     assert statuses[5:] == [429, 429], statuses
 
@@ -328,8 +371,11 @@ def test_the_limit_is_shared_by_every_api_process(pipeline: Pipeline, server: st
 def test_wire_posts_are_limited_per_token(pipeline: Pipeline, server: str) -> None:
     name, wire = pipeline.source()
     other_name, other_wire = pipeline.source()
-    item = {"uri": "urn:limits:1", "headlines": [{"role": "main", "value": "Limited"}],
-            "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Body.</p>"}]}  # fmt: skip
+    item = {
+        "uri": "urn:limits:1",
+        "headlines": [{"role": "main", "value": "Limited"}],
+        "bodies": [{"role": "main", "contenttype": "text/html", "value": "<p>Body.</p>"}],
+    }
     headers = {**wire, "Content-Type": "application/ninjs+json"}
     with httpx.Client(base_url=server, timeout=10) as http:
         for _ in range(3):
@@ -338,8 +384,11 @@ def test_wire_posts_are_limited_per_token(pipeline: Pipeline, server: str) -> No
         assert refused.status_code == 429
         assert refused.json()["error"] == "rate_limited"
         assert 1 <= int(refused.headers["retry-after"]) <= 60
-        other = http.post(f"/v1/wire/{other_name}", json=item,
-                          headers={**other_wire, "Content-Type": "application/ninjs+json"})  # fmt: skip
+        other = http.post(
+            f"/v1/wire/{other_name}",
+            json=item,
+            headers={**other_wire, "Content-Type": "application/ninjs+json"},
+        )
         assert other.status_code == 202
 
 
@@ -355,8 +404,7 @@ def test_every_answer_carries_the_security_headers(pipeline: Pipeline) -> None:
         def boom() -> None:
             raise RuntimeError("a bug")
 
-        client = TestClient(app, raise_server_exceptions=False,
-                            client=(unique_address(), 1234))  # fmt: skip
+        client = TestClient(app, raise_server_exceptions=False, client=(unique_address(), 1234))
         feed = client.get("/feeds/all.atom")
         answers = {
             "page": client.get("/"),
@@ -376,8 +424,19 @@ def test_every_answer_carries_the_security_headers(pipeline: Pipeline) -> None:
         while (limited := client.get("/")).status_code != 429:
             pass
         answers["429"] = limited
-    expected = {"feed": 200, "304": 304, "404": 404, "api 404": 404, "401": 401, "413": 413, "422": 422,
-                "500": 500, "docs": 200, "page": 200, "429": 429}  # fmt: skip
+    expected = {
+        "feed": 200,
+        "304": 304,
+        "404": 404,
+        "api 404": 404,
+        "401": 401,
+        "413": 413,
+        "422": 422,
+        "500": 500,
+        "docs": 200,
+        "page": 200,
+        "429": 429,
+    }
     for kind, answer in answers.items():
         if kind in expected:
             assert answer.status_code == expected[kind], (kind, answer.text)

@@ -51,21 +51,32 @@ class ReceiptView(BaseModel):
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_NINJS = {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
-          "description": "IPTC ninjs 1.x, 2.x or 3.x: one item, or an array of them"}  # fmt: skip
+_NINJS = {
+    "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+    "description": "IPTC ninjs 1.x, 2.x or 3.x: one item, or an array of them",
+}
 _COLUMN = {
     "type": "object",
     "required": ["guid", "headline", "body_html", "author"],
     "properties": {
-        "guid": {"type": "string"}, "version": {"type": "integer"}, "headline": {"type": "string"},
-        "lede": {"type": "string"}, "body_html": {"type": "string"},
-        "author": {"type": "object", "required": ["name"],
-                   "properties": {"name": {"type": "string"}, "bio": {"type": "string"}}},
-        "section": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "source_url": {"type": "string"}, "disclaimer": {"type": "string"}, "language": {"type": "string"},
+        "guid": {"type": "string"},
+        "version": {"type": "integer"},
+        "headline": {"type": "string"},
+        "lede": {"type": "string"},
+        "body_html": {"type": "string"},
+        "author": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "bio": {"type": "string"}},
+        },
+        "section": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "source_url": {"type": "string"},
+        "disclaimer": {"type": "string"},
+        "language": {"type": "string"},
         "written_at": {"type": "string", "format": "date-time"},
     },
-}  # fmt: skip
+}
 # The body is read raw (its format comes from Content-Type), so FastAPI cannot describe it.
 WIRE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -74,8 +85,9 @@ WIRE_BODY: dict[str, Any] = {
         "content": {
             "application/ninjs+json": {"schema": _NINJS},
             "application/json": {"schema": _NINJS},
-            "application/vnd.newsroom.column+json": {"schema": {"oneOf": [_COLUMN, {"type": "array",
-                                                                                   "items": _COLUMN}]}},
+            "application/vnd.newsroom.column+json": {
+                "schema": {"oneOf": [_COLUMN, {"type": "array", "items": _COLUMN}]}
+            },
             "application/vnd.iptc.g2.newsitem+xml": _BINARY,
             "application/vnd.iptc.g2.newsmessage+xml": _BINARY,
             "application/xml": _BINARY,
@@ -83,7 +95,7 @@ WIRE_BODY: dict[str, Any] = {
             "application/atom+xml": _BINARY,
         },
     }
-}  # fmt: skip
+}
 
 # How much of an oversized post is kept, so the receipt shows what was sent.
 OVERSIZE_HEAD_BYTES = 64 * 1024
@@ -131,13 +143,18 @@ async def post_wire(source_name: str, request: Request, caller: PrincipalDep) ->
     content_type = request.headers.get("content-type")
     result = await run_in_threadpool(_store, source, content_type, body, oversize)
     if result.status != 202:
-        return JSONResponse({"error": result.error, "detail": result.detail, "receipt": result.receipt_id},
-                            status_code=result.status)  # fmt: skip
+        return JSONResponse(
+            {"error": result.error, "detail": result.detail, "receipt": result.receipt_id},
+            status_code=result.status,
+        )
     return JSONResponse(
-        {"receipt": result.receipt_id, "status_url": f"/v1/receipts/{result.receipt_id}",
-         "items": result.items},
+        {
+            "receipt": result.receipt_id,
+            "status_url": f"/v1/receipts/{result.receipt_id}",
+            "items": result.items,
+        },
         status_code=202,
-    )  # fmt: skip
+    )
 
 
 def _authorize(source_name: str, caller: Principal) -> Source:
@@ -164,9 +181,15 @@ def _store(source: Source, content_type: str | None, body: bytes, oversize: int 
                 session, source=source, content_type=content_type, body=body, check=check
             )
         detail = f"the body is over {limit} bytes; the first {len(body)} bytes are kept"
-        receipt = Receipt(source_id=source.id, content_type=content_type, body=body, size=oversize,
-                          status="rejected", processed_at=utcnow(),
-                          error={"error": "too_large", "detail": detail})  # fmt: skip
+        receipt = Receipt(
+            source_id=source.id,
+            content_type=content_type,
+            body=body,
+            size=oversize,
+            status="rejected",
+            processed_at=utcnow(),
+            error={"error": "too_large", "detail": detail},
+        )
         session.add(receipt)
         session.flush()
         log.info("receipt %s from %s rejected (413): %s", receipt.id, source.name, detail)

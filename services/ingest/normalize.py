@@ -25,9 +25,16 @@ from shared.text import (
 )
 
 __all__ = [
-    "MarkupTooDeep", "clean_headline", "clean_text", "first_paragraph_text", "html_to_text",
-    "looks_like_html", "sanitize_html", "slugify", "text_to_html",
-]  # fmt: skip
+    "MarkupTooDeep",
+    "clean_headline",
+    "clean_text",
+    "first_paragraph_text",
+    "html_to_text",
+    "looks_like_html",
+    "sanitize_html",
+    "slugify",
+    "text_to_html",
+]
 
 
 class ItemRejectedError(ValueError):

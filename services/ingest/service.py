@@ -134,8 +134,14 @@ def accept_post(
     """Store a post's raw bytes as a receipt, with its check (``check_post``), and queue it for ingest."""
     if check is None:
         check = check_post(source=source, content_type=content_type, body=body)
-    receipt = Receipt(source_id=source.id, content_type=content_type, format=check.format, body=body,
-                      size=len(body), item_count=check.items)  # fmt: skip
+    receipt = Receipt(
+        source_id=source.id,
+        content_type=content_type,
+        format=check.format,
+        body=body,
+        size=len(body),
+        item_count=check.items,
+    )
     session.add(receipt)
     if check.status != 202:
         return _reject(session, receipt, check.status, check.error or "", check.detail or "")
@@ -171,8 +177,10 @@ def retry_receipt(session: Session, receipt_id: int) -> Receipt:
             f"receipt {receipt_id} kept only the first {len(receipt.body)} bytes of an oversized post"
         )
     if receipt.body_pruned_at is not None:
-        raise Conflict(f"receipt {receipt_id}: its raw post was pruned on {receipt.body_pruned_at:%Y-%m-%d} "
-                       "(NEWSROOM_RETAIN_RAW_DAYS)")  # fmt: skip
+        raise Conflict(
+            f"receipt {receipt_id}: its raw post was pruned on {receipt.body_pruned_at:%Y-%m-%d} "
+            "(NEWSROOM_RETAIN_RAW_DAYS)"
+        )
     source = session.get(Source, receipt.source_id)
     assert source is not None
     receipt.format = format_for_content_type(receipt.content_type, source.format)
@@ -257,8 +265,13 @@ def _process(
     outcomes = []
     for position, item in enumerate(parsed):
         if isinstance(item, ItemError):
-            row = ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid,
-                              outcome="rejected", error=_describe(item))  # fmt: skip
+            row = ReceiptItem(
+                receipt_id=receipt.id,
+                position=position,
+                guid=item.guid,
+                outcome="rejected",
+                error=_describe(item),
+            )
         else:
             row = _store_in_savepoint(session, receipt, source, position, item)
         session.add(row)
@@ -282,11 +295,18 @@ def _store_in_savepoint(
         raise  # the database is unwell, not the item: the whole receipt is retried
     except Exception as error:
         log.exception("receipt %s item %d (%s) could not be stored", receipt.id, position, item.guid)
-        return ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid, outcome="rejected",
-                           error=f"item {position} ({item.guid}): could not be stored: "
-                                 f"{type(error).__name__}: {error}"[:2000])  # fmt: skip
-    return ReceiptItem(receipt_id=receipt.id, position=position, guid=item.guid, story_id=story_id,
-                       outcome=outcome)  # fmt: skip
+        return ReceiptItem(
+            receipt_id=receipt.id,
+            position=position,
+            guid=item.guid,
+            outcome="rejected",
+            error=f"item {position} ({item.guid}): could not be stored: {type(error).__name__}: {error}"[
+                :2000
+            ],
+        )
+    return ReceiptItem(
+        receipt_id=receipt.id, position=position, guid=item.guid, story_id=story_id, outcome=outcome
+    )
 
 
 def content_of(item: ParsedItem) -> dict[str, Any]:
@@ -305,8 +325,12 @@ def content_hash(item: ParsedItem) -> str:
     def default(value: object) -> str:
         return value.isoformat() if isinstance(value, datetime) else str(value)
 
-    document = {**content_of(item), "tags": item.tags, "labels": sorted(item.labels),
-                "pubstatus": item.pubstatus}  # fmt: skip
+    document = {
+        **content_of(item),
+        "tags": item.tags,
+        "labels": sorted(item.labels),
+        "pubstatus": item.pubstatus,
+    }
     raw = json.dumps(document, sort_keys=True, default=default, ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -334,16 +358,23 @@ def _update_statement(*, has_version: bool, has_time: bool, same_content: bool) 
     c = STORIES.c
     newer: list[ColumnElement[bool]] = [c.wire_version < bindparam("new_version")]
     if has_time:
-        newer.append((c.wire_version == bindparam("new_version")) & (
-            c.wire_version_created.is_(None) | (c.wire_version_created < bindparam("new_time"))))  # fmt: skip
+        newer.append(
+            (c.wire_version == bindparam("new_version"))
+            & (c.wire_version_created.is_(None) | (c.wire_version_created < bindparam("new_time")))
+        )
     elif not has_version:
         newer.append((c.wire_version == -1) & c.wire_version_created.is_(None))
     content = c.content_hash == bindparam("digest") if same_content else c.content_hash != bindparam("digest")
-    values: dict[str, Any] = {"wire_version": bindparam("new_version"),
-                              "wire_version_created": bindparam("new_time")}  # fmt: skip
+    values: dict[str, Any] = {
+        "wire_version": bindparam("new_version"),
+        "wire_version_created": bindparam("new_time"),
+    }
     if not same_content:
-        values |= {"content_hash": bindparam("digest"), "revision": c.revision + 1,
-                   "modified_at": bindparam("now")}  # fmt: skip
+        values |= {
+            "content_hash": bindparam("digest"),
+            "revision": c.revision + 1,
+            "modified_at": bindparam("now"),
+        }
     return (
         update(STORIES)
         .where(c.source_id == bindparam("of_source"), c.guid == bindparam("of_guid"), content, or_(*newer))
@@ -365,8 +396,14 @@ def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[s
         log.info("story %s created from %s %s", story.id, source.name, item.guid)
         return "created", story.id
 
-    params = {"of_source": source.id, "of_guid": item.guid, "digest": digest, "new_version": version,
-              "new_time": item.version_created, "now": utcnow()}  # fmt: skip
+    params = {
+        "of_source": source.id,
+        "of_guid": item.guid,
+        "digest": digest,
+        "new_version": version,
+        "new_time": item.version_created,
+        "now": utcnow(),
+    }
     shape = {"has_version": item.version is not None, "has_time": item.version_created is not None}
     updated = session.execute(_update_statement(**shape, same_content=False), params).scalar()
     if updated is None:
@@ -402,9 +439,17 @@ def _insert_story(
     """Insert the story if (source, guid) is new, with a slug no other story has; else None."""
     now = utcnow()
     status = "unpublished" if item.pubstatus == "canceled" else "ingested"
-    values = content | {"source_id": source.id, "guid": item.guid, "status": status, "revision": 1,
-                        "wire_version": version, "wire_version_created": item.version_created,
-                        "content_hash": digest, "created_at": now, "modified_at": now}  # fmt: skip
+    values = content | {
+        "source_id": source.id,
+        "guid": item.guid,
+        "status": status,
+        "revision": 1,
+        "wire_version": version,
+        "wire_version_created": item.version_created,
+        "content_hash": digest,
+        "created_at": now,
+        "modified_at": now,
+    }
     statement = _insert_statement(session.get_bind().dialect.name)
     for slug in _slug_candidates(source, item):
         values["slug"] = slug
@@ -529,15 +574,22 @@ POLL_DEADLINE_SECONDS = 30.0
 # polls it again. A worker that dies mid-poll leaves the source due again after this.
 POLL_LEASE = timedelta(seconds=POLL_DEADLINE_SECONDS + 30)
 POLL_BACKOFF_CAP = timedelta(hours=1)
-POLL_ACCEPT = ("application/rss+xml, application/atom+xml, application/ninjs+json, "
-               "application/vnd.iptc.g2.newsmessage+xml, application/xml;q=0.9, "
-               "application/json;q=0.9, */*;q=0.1")  # fmt: skip
+POLL_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/ninjs+json, "
+    "application/vnd.iptc.g2.newsmessage+xml, application/xml;q=0.9, "
+    "application/json;q=0.9, */*;q=0.1"
+)
 # Media types that name one format; anything vaguer is read in the source's own format.
-_SPECIFIC_TYPES = frozenset({
-    "application/ninjs+json", "application/vnd.iptc.g2.newsitem+xml",
-    "application/vnd.iptc.g2.newsmessage+xml", "application/rss+xml", "application/atom+xml",
-    "application/vnd.newsroom.column+json",
-})  # fmt: skip
+_SPECIFIC_TYPES = frozenset(
+    {
+        "application/ninjs+json",
+        "application/vnd.iptc.g2.newsitem+xml",
+        "application/vnd.iptc.g2.newsmessage+xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/vnd.newsroom.column+json",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -569,18 +621,28 @@ def claim_poll(session: Session, *, source_id: int, now: datetime | None = None)
     now = now or utcnow()
     row = session.execute(
         update(Source)
-        .where(Source.id == source_id, Source.poll_url.is_not(None), Source.enabled.is_(True),
-               Source.next_poll_at <= now)
+        .where(
+            Source.id == source_id,
+            Source.poll_url.is_not(None),
+            Source.enabled.is_(True),
+            Source.next_poll_at <= now,
+        )
         .values(next_poll_at=now + POLL_LEASE)
-        .returning(Source.name, Source.poll_url, Source.poll_every, Source.poll_etag,
-                   Source.poll_last_modified)
+        .returning(
+            Source.name, Source.poll_url, Source.poll_every, Source.poll_etag, Source.poll_last_modified
+        )
         .execution_options(synchronize_session=False)
-    ).first()  # fmt: skip
+    ).first()
     if row is None:
         raise SkipEvent(f"source {source_id} is not due for a poll")
-    return PollRequest(source_id=source_id, name=row.name, url=row.poll_url or "",
-                       every=max(1, row.poll_every or 60), etag=row.poll_etag,
-                       last_modified=row.poll_last_modified)  # fmt: skip
+    return PollRequest(
+        source_id=source_id,
+        name=row.name,
+        url=row.poll_url or "",
+        every=max(1, row.poll_every or 60),
+        etag=row.poll_etag,
+        last_modified=row.poll_last_modified,
+    )
 
 
 def fetch_poll(request: PollRequest, *, max_bytes: int | None = None) -> PollResponse:
@@ -598,8 +660,10 @@ def fetch_poll(request: PollRequest, *, max_bytes: int | None = None) -> PollRes
             egress.client(timeout=POLL_TIMEOUT, follow_redirects=True, max_redirects=5) as client,
             client.stream("GET", request.url, headers=headers) as response,
         ):
-            validators = {"etag": response.headers.get("etag"),
-                          "last_modified": response.headers.get("last-modified")}  # fmt: skip
+            validators = {
+                "etag": response.headers.get("etag"),
+                "last_modified": response.headers.get("last-modified"),
+            }
             if response.status_code == 304:
                 return PollResponse(status=304, **validators)
             if response.status_code != 200:
@@ -617,8 +681,12 @@ def fetch_poll(request: PollRequest, *, max_bytes: int | None = None) -> PollRes
                         status=200, error=f"no complete answer in {POLL_DEADLINE_SECONDS:.0f}s"
                     )
                 chunks.append(chunk)
-            return PollResponse(status=200, content_type=response.headers.get("content-type"),
-                                body=b"".join(chunks), **validators)  # fmt: skip
+            return PollResponse(
+                status=200,
+                content_type=response.headers.get("content-type"),
+                body=b"".join(chunks),
+                **validators,
+            )
     except httpx.HTTPError as error:
         return PollResponse(error=f"{type(error).__name__}: {error}".rstrip(": "))
 
@@ -653,8 +721,9 @@ def record_poll(
     if result.status != 202 and not empty:
         return _poll_failed(source, now, f"receipt {result.receipt_id}: {result.error}: {result.detail}")
     _poll_succeeded(source, now, response)
-    log.info("source %s (%s): receipt %s with %d items", source.id, source.name, result.receipt_id,
-             result.items)  # fmt: skip
+    log.info(
+        "source %s (%s): receipt %s with %d items", source.id, source.name, result.receipt_id, result.items
+    )
     return "received"
 
 
@@ -685,6 +754,12 @@ def _poll_failed(source: Source, now: datetime, error: str) -> str:
     source.last_error = error[:2000]
     delay = poll_backoff(source.poll_every or 60, source.poll_failures)
     source.next_poll_at = now + delay if source.enabled else None
-    log.warning("source %s (%s): poll failed %d times in a row, next in %ds: %s", source.id, source.name,
-                source.poll_failures, delay.total_seconds(), error)  # fmt: skip
+    log.warning(
+        "source %s (%s): poll failed %d times in a row, next in %ds: %s",
+        source.id,
+        source.name,
+        source.poll_failures,
+        delay.total_seconds(),
+        error,
+    )
     return "failed"

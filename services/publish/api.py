@@ -97,8 +97,13 @@ def story_view(story: Story, *, full: bool = False) -> dict[str, Any]:
         "has_pending_changes": bool({k for k in (story.pending or {}) if k != "_publish"}),
     }
     if full:
-        view.update(body_html=story.body_html, source_url=story.source_url, disclaimer=story.disclaimer,
-                    picture=story.picture, pending=story.pending)  # fmt: skip
+        view.update(
+            body_html=story.body_html,
+            source_url=story.source_url,
+            disclaimer=story.disclaimer,
+            picture=story.picture,
+            pending=story.pending,
+        )
     return view
 
 
@@ -116,22 +121,34 @@ def _detail(session: Session, story: Story) -> dict[str, Any]:
         for r in revisions
     ]
     deliveries = session.execute(
-        select(Delivery, Partner.name).join(Partner, Partner.id == Delivery.partner_id)
-        .where(Delivery.story_id == story.id).order_by(Delivery.created_at)
-    )  # fmt: skip
+        select(Delivery, Partner.name)
+        .join(Partner, Partner.id == Delivery.partner_id)
+        .where(Delivery.story_id == story.id)
+        .order_by(Delivery.created_at)
+    )
     view["deliveries"] = [
-        {"id": d.id, "partner": name, "event": d.event, "version": d.story_revision, "status": d.status,
-         "attempts": d.attempts}
+        {
+            "id": d.id,
+            "partner": name,
+            "event": d.event,
+            "version": d.story_revision,
+            "status": d.status,
+            "attempts": d.attempts,
+        }
         for d, name in deliveries
-    ]  # fmt: skip
+    ]
     return view
 
 
 @router.get("")
 def list_stories(
-    caller: EditorDep, status: str | None = None, section: str | None = None, q: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-) -> dict[str, Any]:  # fmt: skip
+    caller: EditorDep,
+    status: str | None = None,
+    section: str | None = None,
+    q: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> dict[str, Any]:
     """The editor's list, newest first. Role: editor or admin."""
     with session_scope(read_only=True) as session:
         stories = service.list_stories(
@@ -157,8 +174,9 @@ def patch_story(story_id: IdPath, changes: dict[str, Any], caller: EditorDep) ->
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
         raise Unprocessable("expected_version: an integer")
     with _writing(story_id) as session:
-        story = service.edit_story(session, story_id=story_id, changes=changes, expected_version=expected,
-                                   actor=caller.actor)  # fmt: skip
+        story = service.edit_story(
+            session, story_id=story_id, changes=changes, expected_version=expected, actor=caller.actor
+        )
         return story_view(story, full=True)
 
 
@@ -178,9 +196,15 @@ def _publish(story_id: int, body: PublishRequest, at: datetime | None, actor: st
     try:
         with _writing(story_id) as session:
             outcome = service.publish_story(
-                session, story_id=story_id, actor=actor, labels=body.labels, at=at,
-                expected_version=body.expected_version, silent=body.silent, note=body.note,
-            )  # fmt: skip
+                session,
+                story_id=story_id,
+                actor=actor,
+                labels=body.labels,
+                at=at,
+                expected_version=body.expected_version,
+                silent=body.silent,
+                note=body.note,
+            )
             event = outcome.event
             view = story_view(outcome.story)
     except SkipEvent:
@@ -198,8 +222,11 @@ def unpublish(story_id: IdPath, body: UnpublishRequest, caller: EditorDep) -> JS
     """
     with _writing(story_id) as session:
         outcome = service.unpublish_story(
-            session, story_id=story_id, reason=body.reason, actor=caller.actor,
+            session,
+            story_id=story_id,
+            reason=body.reason,
+            actor=caller.actor,
             expected_version=body.expected_version,
-        )  # fmt: skip
+        )
         view = {**story_view(outcome.story), "event": outcome.event, "status_url": f"/v1/stories/{story_id}"}
     return JSONResponse(view, status_code=202)

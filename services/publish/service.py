@@ -36,8 +36,19 @@ from shared.text import MarkupTooDeep, clean_headline, clean_text, html_to_text,
 log = logging.getLogger(__name__)
 
 STATUSES = ("ingested", "scheduled", "published", "unpublished")
-EDITABLE_FIELDS = ("headline", "lede", "body_html", "byline", "author_name", "author_bio",
-                   "section", "tags", "language", "source_url", "disclaimer")  # fmt: skip
+EDITABLE_FIELDS = (
+    "headline",
+    "lede",
+    "body_html",
+    "byline",
+    "author_name",
+    "author_bio",
+    "section",
+    "tags",
+    "language",
+    "source_url",
+    "disclaimer",
+)
 _DATETIME_FIELDS = ("first_created", "version_created", "embargo_until")
 # Where a scheduled publish keeps the editor's choices until its time comes.
 _PUBLISH_KEY = "_publish"
@@ -198,8 +209,9 @@ def publish_story(
     session.flush()
     add_revision(session, story, event.removeprefix("story."), actor=actor, note=note)
     announce_story(session, story, event, previous=previous)
-    log.info("story %s r%s %s by %s: %s", story.id, story.revision, event, actor, story.headline,
-             extra=CONSOLE)  # fmt: skip
+    log.info(
+        "story %s r%s %s by %s: %s", story.id, story.revision, event, actor, story.headline, extra=CONSOLE
+    )
     return PublishOutcome(story=story, event=event)
 
 
@@ -227,19 +239,33 @@ def _editor_labels(labels: list[str] | None) -> set[str] | None:
 
 
 def _schedule(
-    session: Session, story: Story, when: datetime, *, actor: str | None,
-    labels: list[str] | None, silent: bool, note: str | None,
-) -> PublishOutcome:  # fmt: skip
+    session: Session,
+    story: Story,
+    when: datetime,
+    *,
+    actor: str | None,
+    labels: list[str] | None,
+    silent: bool,
+    note: str | None,
+) -> PublishOutcome:
     if story.status != "published":
         story.status = "scheduled"
     story.publish_at = when
-    story.pending = {**(story.pending or {}), _PUBLISH_KEY: {
-        "labels": labels, "silent": silent, "note": note, "actor": actor}}  # fmt: skip
+    story.pending = {
+        **(story.pending or {}),
+        _PUBLISH_KEY: {"labels": labels, "silent": silent, "note": note, "actor": actor},
+    }
     story.revision += 1
     session.flush()
     add_revision(session, story, "scheduled", actor=actor, note=f"at {when.isoformat()}")
-    log.info("story %s r%s scheduled for %s by %s", story.id, story.revision, when.isoformat(), actor,
-             extra=CONSOLE)  # fmt: skip
+    log.info(
+        "story %s r%s scheduled for %s by %s",
+        story.id,
+        story.revision,
+        when.isoformat(),
+        actor,
+        extra=CONSOLE,
+    )
     return PublishOutcome(story=story, event=None)
 
 
@@ -277,9 +303,11 @@ def publish_scheduled(
     now = now or utcnow()
     # Another scheduler's task holding the row is publishing it: leave it alone.
     story = session.scalars(
-        select(Story).where(Story.id == story_id)
-        .with_for_update(skip_locked=True).execution_options(populate_existing=True)
-    ).first()  # fmt: skip
+        select(Story)
+        .where(Story.id == story_id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
     # Read under the lock: the other one may have published it already.
     if story is None or story.publish_at is None or story.publish_at > now:
         return None
@@ -289,9 +317,14 @@ def publish_scheduled(
     try:
         with session.begin_nested():
             return publish_story(
-                session, story_id=story.id, actor=actor, labels=params.get("labels"),
-                silent=bool(params.get("silent")), note=params.get("note"), now=now,
-            )  # fmt: skip
+                session,
+                story_id=story.id,
+                actor=actor,
+                labels=params.get("labels"),
+                silent=bool(params.get("silent")),
+                note=params.get("note"),
+                now=now,
+            )
     except (SkipEvent, PermanentError) as error:
         # A failed schedule must not stay due and be retried on every tick.
         story = get_story(session, story_id, lock=True)
@@ -302,10 +335,14 @@ def publish_scheduled(
 def publish_due(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[int]:
     """Publish every story whose time has come; exactly once, even with two schedulers."""
     now = now or utcnow()
-    due = list(session.scalars(
-        select(Story.id).where(Story.publish_at.is_not(None), Story.publish_at <= now)
-        .order_by(Story.publish_at, Story.id).limit(limit)
-    ))  # fmt: skip
+    due = list(
+        session.scalars(
+            select(Story.id)
+            .where(Story.publish_at.is_not(None), Story.publish_at <= now)
+            .order_by(Story.publish_at, Story.id)
+            .limit(limit)
+        )
+    )
     published = []
     for story_id in due:
         outcome = publish_scheduled(session, story_id=story_id, now=now)
@@ -315,9 +352,14 @@ def publish_due(session: Session, *, now: datetime | None = None, limit: int = 1
 
 
 def unpublish_story(
-    session: Session, *, story_id: int, reason: str, actor: str | None,
-    expected_version: int | None = None, now: datetime | None = None,
-) -> PublishOutcome:  # fmt: skip
+    session: Session,
+    *,
+    story_id: int,
+    reason: str,
+    actor: str | None,
+    expected_version: int | None = None,
+    now: datetime | None = None,
+) -> PublishOutcome:
     """Take a story down everywhere (or cancel its schedule); a second unpublish changes nothing."""
     reason = clean_text(reason or "").strip()
     if not reason:
@@ -345,9 +387,13 @@ def unpublish_story(
 
 
 def edit_story(
-    session: Session, *, story_id: int, changes: dict[str, Any], expected_version: int | None,
+    session: Session,
+    *,
+    story_id: int,
+    changes: dict[str, Any],
+    expected_version: int | None,
     actor: str | None,
-) -> Story:  # fmt: skip
+) -> Story:
     """A new revision; a published story shows it only after the next publish."""
     if not changes:
         raise Unprocessable(f"nothing to change; editable: {', '.join(EDITABLE_FIELDS)}")
@@ -406,9 +452,14 @@ def _clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_stories(
-    session: Session, *, status: str | None = None, section: str | None = None,
-    q: str | None = None, limit: int = 50, offset: int = 0,
-) -> list[Story]:  # fmt: skip
+    session: Session,
+    *,
+    status: str | None = None,
+    section: str | None = None,
+    q: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Story]:
     """The editor's list, newest first, filtered by status, section and text."""
     query = select(Story).order_by(Story.id.desc()).limit(max(1, min(limit, 200))).offset(max(0, offset))
     if status:

@@ -73,11 +73,20 @@ def _served(stored: service.StoredFeed) -> _Served:
         (b"cache-control", CACHE_CONTROL.encode()),
         (b"link", ", ".join(links).encode()),
     ]
-    ok = [(b"content-type", MEDIA_TYPES[stored.format].encode()),
-          (b"content-length", str(len(stored.body)).encode()), *validators]  # fmt: skip
+    ok = [
+        (b"content-type", MEDIA_TYPES[stored.format].encode()),
+        (b"content-length", str(len(stored.body)).encode()),
+        *validators,
+    ]
     # With the security headers already in, so that the hottest path does not add them per request.
-    return _Served(stored.body, stored.etag, last_modified, with_security_headers(ok),
-                   with_security_headers(validators), time.monotonic())  # fmt: skip
+    return _Served(
+        stored.body,
+        stored.etag,
+        last_modified,
+        with_security_headers(ok),
+        with_security_headers(validators),
+        time.monotonic(),
+    )
 
 
 HTML = "text/html; charset=utf-8"
@@ -85,17 +94,31 @@ XML = "application/xml; charset=utf-8"
 _PAGE_HEADERS = [(name.lower().encode(), value.encode()) for name, value in pages.SECURITY_HEADERS.items()]
 
 
-def _page(body: bytes, etag: str, last_modified: datetime, *, media_type: str = HTML,
-          cache_control: str = CACHE_CONTROL, status: int = 200) -> _Served:  # fmt: skip
+def _page(
+    body: bytes,
+    etag: str,
+    last_modified: datetime,
+    *,
+    media_type: str = HTML,
+    cache_control: str = CACHE_CONTROL,
+    status: int = 200,
+) -> _Served:
     """A page ready to answer with."""
     modified = format_datetime(last_modified.astimezone(UTC), usegmt=True)
-    validators = [(b"etag", etag.encode()), (b"last-modified", modified.encode()),
-                  (b"cache-control", cache_control.encode())]  # fmt: skip
+    validators = [
+        (b"etag", etag.encode()),
+        (b"last-modified", modified.encode()),
+        (b"cache-control", cache_control.encode()),
+    ]
     extra = _PAGE_HEADERS if media_type == HTML else [(b"x-content-type-options", b"nosniff")]
     if status != 200:  # an error page has no validators to revalidate with
         validators = [(b"cache-control", cache_control.encode())]
-    ok = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode()),
-          *validators, *extra]  # fmt: skip
+    ok = [
+        (b"content-type", media_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *validators,
+        *extra,
+    ]
     return _Served(body, etag, modified, ok, [*validators, *extra], time.monotonic(), status)
 
 
@@ -183,8 +206,9 @@ class FeedCache:
     def _listen(self) -> None:
         while True:
             try:
-                client = redis.Redis.from_url(redis_url(), socket_timeout=None, socket_connect_timeout=2,
-                                              health_check_interval=15)  # fmt: skip
+                client = redis.Redis.from_url(
+                    redis_url(), socket_timeout=None, socket_connect_timeout=2, health_check_interval=15
+                )
                 with client.pubsub() as pubsub:
                     pubsub.subscribe(service.FEEDS_CHANNEL)
                     while pubsub.get_message(timeout=5.0) is None:
@@ -197,8 +221,7 @@ class FeedCache:
                             self.drop(*(data.decode() if isinstance(data, bytes) else str(data)).split("\n"))
             except Exception as error:
                 if self._listening:
-                    log.info("feed cache: change announcements lost (%s); serving from the database",
-                                error)  # fmt: skip
+                    log.info("feed cache: change announcements lost (%s); serving from the database", error)
                 self._reset(listening=False)
                 time.sleep(1.0)
 
@@ -216,8 +239,9 @@ def _cache(app: Any) -> FeedCache:
     return cache
 
 
-def not_modified(if_none_match: str | None, if_modified_since: str | None, *, etag: str,
-                 last_modified: str) -> bool:  # fmt: skip
+def not_modified(
+    if_none_match: str | None, if_modified_since: str | None, *, etag: str, last_modified: str
+) -> bool:
     """Whether a conditional GET matches (If-None-Match wins over If-Modified-Since)."""
     if if_none_match is not None:
         return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in if_none_match.split(","))
@@ -237,9 +261,13 @@ async def _answer(scope: Scope, send: Send, served: _Served) -> None:
             if_none_match = value.decode("latin-1")
         elif name == b"if-modified-since":
             if_modified_since = value.decode("latin-1")
-    if (served.status == 200 and (if_none_match is not None or if_modified_since is not None)
-            and not_modified(if_none_match, if_modified_since, etag=served.etag,
-                             last_modified=served.last_modified)):  # fmt: skip
+    if (
+        served.status == 200
+        and (if_none_match is not None or if_modified_since is not None)
+        and not_modified(
+            if_none_match, if_modified_since, etag=served.etag, last_modified=served.last_modified
+        )
+    ):
         await send({"type": "http.response.start", "status": 304, "headers": served.not_modified_headers})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -373,8 +401,11 @@ def _older_page(path: str, raw_query: str) -> _Served:
             rendered: bytes | None = front[0]
         else:
             key = service.list_key(path)
-            rendered = None if key is None else site.render_list(session, key, settings=settings,
-                                                                 before=before, page=page)  # fmt: skip
+            rendered = (
+                None
+                if key is None
+                else site.render_list(session, key, settings=settings, before=before, page=page)
+            )
     if rendered is None or (path == site.FRONT and b'class="news-item"' not in rendered):
         return _not_found_page()
     return _page(rendered, site.etag_of(rendered), before[0], cache_control=OLDER_CACHE_CONTROL)
@@ -471,9 +502,11 @@ def list_deliveries(
 
 @router.get("/v1/deliveries", responses=error_responses(401, 403, 422, 429))
 def get_deliveries(
-    caller: AdminDep, partner: str | None = None, status: str | None = None,
+    caller: AdminDep,
+    partner: str | None = None,
+    status: str | None = None,
     story: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: int = 100,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Deliveries, newest first, by partner, status and story. Role: admin."""
     return {"deliveries": list_deliveries(partner=partner, status=status, story_id=story, limit=limit)}

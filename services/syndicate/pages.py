@@ -182,9 +182,12 @@ def _piece(story: Listed, published_at: datetime, tz: tzinfo) -> Piece:
         href=story_path(story.slug),
     )
     year_weekday, day_month = day_header(published_at, tz)
-    return Piece(story.id, wall.date().isoformat(),
-                 str(macros.day_header(year_weekday, day_month)),  # type: ignore[attr-defined]
-                 str(macros.news_item(item)))  # type: ignore[attr-defined]  # fmt: skip
+    return Piece(
+        story.id,
+        wall.date().isoformat(),
+        str(macros.day_header(year_weekday, day_month)),  # type: ignore[attr-defined]
+        str(macros.news_item(item)),  # type: ignore[attr-defined]
+    )
 
 
 def more_news(
@@ -196,8 +199,10 @@ def more_news(
 ) -> Markup:
     """The seed's "More news" list: a header per local day, then each story's time, label
     and headline; without the story ``exclude`` and up to ``limit`` stories."""
-    parts = ['<section class="more-news" aria-labelledby="more-news-heading">\n'
-             f'<h2 id="more-news-heading" class="section-title">{Markup.escape(heading)}</h2>\n']  # fmt: skip
+    parts = [
+        '<section class="more-news" aria-labelledby="more-news-heading">\n'
+        f'<h2 id="more-news-heading" class="section-title">{Markup.escape(heading)}</h2>\n'
+    ]
     day = None
     shown = 0
     for piece in items:
@@ -244,8 +249,10 @@ FEED_TYPES = (
 def feed_links(name: str, title: str) -> list[dict[str, str]]:
     """The ``<link rel="alternate">`` of a feed (``all``, ``tag/kyiv`` …) in every format."""
     path = quote(name, safe="/")
-    return [{"href": f"/feeds/{path}.{ext}", "type": mime, "title": f"{title} ({kind})"}
-            for ext, mime, kind in FEED_TYPES]  # fmt: skip
+    return [
+        {"href": f"/feeds/{path}.{ext}", "type": mime, "title": f"{title} ({kind})"}
+        for ext, mime, kind in FEED_TYPES
+    ]
 
 
 def _base_context(settings: Settings, *, feeds: list[dict[str, str]]) -> dict[str, Any]:
@@ -271,9 +278,16 @@ def render_front_page(items: Sequence[Piece], *, older: str | None, settings: Se
 
 
 def render_list_page(
-    kind: str, slug: str, name: str, items: Sequence[Piece], *, bio: str | None, older: str | None,
-    settings: Settings, page: int = 1,
-) -> str:  # fmt: skip
+    kind: str,
+    slug: str,
+    name: str,
+    items: Sequence[Piece],
+    *,
+    bio: str | None,
+    older: str | None,
+    settings: Settings,
+    page: int = 1,
+) -> str:
     """The page of a tag, an author (with their bio) or a section: its stories, newest first."""
     path = list_path(kind, slug)
     title = name if page == 1 else f"{name} — page {page}"
@@ -299,8 +313,13 @@ def _json_ld(data: dict[str, Any]) -> Markup:
     """JSON for a ``<script type="application/ld+json">``: markup characters escaped, so that
     no wire text can end the script element (``</script>``) or open a comment in it."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return Markup(text)  # noqa: S704  # JSON with every markup character escaped above
 

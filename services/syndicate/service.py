@@ -141,8 +141,9 @@ def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list
     if ids:
         # What puts each story in feeds now, read as columns (no whole stories to load).
         now: dict[int, dict[str, Any]] = {}
-        for row in session.execute(select(Story.id, Story.slug, Story.section, Story.author_slug)
-                                   .where(Story.id.in_(ids))):  # fmt: skip
+        for row in session.execute(
+            select(Story.id, Story.slug, Story.section, Story.author_slug).where(Story.id.in_(ids))
+        ):
             now[row.id] = {"section": row.section, "author": row.author_slug, "tags": [], "labels": []}
             story_pages.append(story_page_path(row.slug))
         for story_id, slug in session.execute(
@@ -219,9 +220,10 @@ def store_documents(
     now = utcnow().replace(microsecond=0)
     # The stored documents' headers only (not their bodies), locked until this commits.
     columns = (FeedDocument.format, FeedDocument.etag, FeedDocument.last_modified, FeedDocument.rendered_at)
-    stored = {row.format: row for row in session.execute(
-        select(*columns).where(FeedDocument.key == key.name).with_for_update()
-    )}  # fmt: skip
+    stored = {
+        row.format: row
+        for row in session.execute(select(*columns).where(FeedDocument.key == key.name).with_for_update())
+    }
     for fmt, feed in rendered.items():
         row = stored.get(fmt)
         if row is not None and (row.rendered_at > snapshot or row.etag == feed.etag):
@@ -229,15 +231,21 @@ def store_documents(
         last_modified = feed.last_modified
         if row is not None and last_modified <= row.last_modified:
             last_modified = max(row.last_modified + timedelta(seconds=1), now)
-        values = {"body": feed.body, "etag": feed.etag, "last_modified": last_modified,
-                  "rendered_at": snapshot}  # fmt: skip
+        values = {
+            "body": feed.body,
+            "etag": feed.etag,
+            "last_modified": last_modified,
+            "rendered_at": snapshot,
+        }
         if row is None:
             # A feed first stored by two renders at once (a round and a reader's request): the
             # later read wins.
             statement = _insert(session)(FeedDocument).values(key=key.name, format=fmt, **values)
-            session.execute(statement.on_conflict_do_update(
-                index_elements=["key", "format"], set_=values, where=FeedDocument.rendered_at <= snapshot
-            ))  # fmt: skip
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["key", "format"], set_=values, where=FeedDocument.rendered_at <= snapshot
+                )
+            )
         else:
             where = (FeedDocument.key == key.name, FeedDocument.format == fmt)
             session.execute(update(FeedDocument).where(*where).values(values))
@@ -275,8 +283,9 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
         session.execute(
             _insert(session)(Feed).values(key=name, renders=0).on_conflict_do_nothing(index_elements=["key"])
         )
-        session.execute(update(Feed).where(Feed.key == name)
-                        .values(renders=Feed.renders + 1, rendered_at=snapshot))  # fmt: skip
+        session.execute(
+            update(Feed).where(Feed.key == name).values(renders=Feed.renders + 1, rendered_at=snapshot)
+        )
         if seen is not None:
             session.execute(update(Feed).where(Feed.key == name, Feed.dirty_at == seen).values(dirty_at=None))
         formats = [document.format for document in changed]
@@ -288,8 +297,12 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
             after_commit(session, lambda: _announce_stored(*announced))
     if changed:
         _observe_latency(fresh, stored_at=utcnow())
-    log.info("feed %s rendered from %d stories; changed: %s", name, len(items),
-             ",".join([*formats, *changed_pages]) or "none")  # fmt: skip
+    log.info(
+        "feed %s rendered from %d stories; changed: %s",
+        name,
+        len(items),
+        ",".join([*formats, *changed_pages]) or "none",
+    )
     return formats
 
 
@@ -439,10 +452,15 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
     started = time.monotonic()
     rendered = 0
     with session_scope(read_only=True) as session:
-        dirty = [(row.key, row.dirty_at, row.rendered_at) for row in session.execute(
-            select(Feed.key, Feed.dirty_at, Feed.rendered_at).where(Feed.dirty_at.is_not(None))
-            .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key).limit(limit)
-        )]  # fmt: skip
+        dirty = [
+            (row.key, row.dirty_at, row.rendered_at)
+            for row in session.execute(
+                select(Feed.key, Feed.dirty_at, Feed.rendered_at)
+                .where(Feed.dirty_at.is_not(None))
+                .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key)
+                .limit(limit)
+            )
+        ]
     dirty.sort(key=lambda row: row[0] != "all")
     redis = get_redis()
     now = utcnow()
@@ -554,8 +572,9 @@ class StoredFeed:
 
 
 def _stored(document: FeedDocument) -> StoredFeed:
-    return StoredFeed(document.key, document.format, bytes(document.body), document.etag,
-                      document.last_modified)  # fmt: skip
+    return StoredFeed(
+        document.key, document.format, bytes(document.body), document.etag, document.last_modified
+    )
 
 
 def stored_document(session: Session, name: str, fmt: str) -> StoredFeed | None:

@@ -170,19 +170,31 @@ def render_list(
         # The author as their newest story names and describes them.
         row = session.execute(
             in_feed(select(Story.author_name, Story.author_bio), key)
-            .order_by(Story.published_at.desc(), Story.id.desc()).limit(1)
-        ).first()  # fmt: skip
+            .order_by(Story.published_at.desc(), Story.id.desc())
+            .limit(1)
+        ).first()
         name = (row.author_name if row else None) or key.value
         bio = row.author_bio if row else None
     elif key.kind == "tag":
-        name = session.scalar(
-            select(StoryTag.name).where(StoryTag.slug == key.value, StoryTag.story_id == stories[0].id)
-        ) or key.value  # fmt: skip
+        name = (
+            session.scalar(
+                select(StoryTag.name).where(StoryTag.slug == key.value, StoryTag.story_id == stories[0].id)
+            )
+            or key.value
+        )
     else:
         name = pages.section_name(key.value)
     items = pages.pieces(stories[: pages.PAGE_SIZE], settings.tz)
-    body = pages.render_list_page(key.kind, key.value, name, items, bio=bio, settings=settings, page=page,
-                                  older=_older_link(path, stories, page))  # fmt: skip
+    body = pages.render_list_page(
+        key.kind,
+        key.value,
+        name,
+        items,
+        bio=bio,
+        settings=settings,
+        page=page,
+        older=_older_link(path, stories, page),
+    )
     return body.encode()
 
 
@@ -211,11 +223,22 @@ def render_sitemap(session: Session, *, settings: Settings, now: datetime | None
     """The Google News sitemap: stories published in the last 48 hours."""
     now = now or utcnow()
     stories = session.scalars(
-        select(Story).options(load_only(Story.id, Story.slug, Story.headline, Story.language,
-                                        Story.published_at, Story.first_created, Story.created_at))
+        select(Story)
+        .options(
+            load_only(
+                Story.id,
+                Story.slug,
+                Story.headline,
+                Story.language,
+                Story.published_at,
+                Story.first_created,
+                Story.created_at,
+            )
+        )
         .where(Story.status == "published", Story.published_at >= now - SITEMAP_WINDOW)
-        .order_by(Story.published_at.desc(), Story.id.desc()).limit(1000)
-    ).all()  # fmt: skip
+        .order_by(Story.published_at.desc(), Story.id.desc())
+        .limit(1000)
+    ).all()
     return render_news_sitemap(stories, settings=settings)
 
 
@@ -240,9 +263,10 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
         return []
     now = utcnow().replace(microsecond=0)
     columns = (Page.path, Page.etag, Page.last_modified, Page.rendered_at)
-    stored = {row.path: row for row in session.execute(
-        select(*columns).where(Page.path.in_(sorted(rendered))).with_for_update()
-    )}  # fmt: skip
+    stored = {
+        row.path: row
+        for row in session.execute(select(*columns).where(Page.path.in_(sorted(rendered))).with_for_update())
+    }
     changed = []
     for path in sorted(rendered):
         body, story_id = rendered[path]
@@ -259,8 +283,13 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
         last_modified = now
         if row is not None and row.last_modified is not None and last_modified <= row.last_modified:
             last_modified = row.last_modified + timedelta(seconds=1)
-        values = {"body": body, "etag": etag, "last_modified": last_modified, "rendered_at": snapshot,
-                  "story_id": story_id}  # fmt: skip
+        values = {
+            "body": body,
+            "etag": etag,
+            "last_modified": last_modified,
+            "rendered_at": snapshot,
+            "story_id": story_id,
+        }
         if row is None:
             # A page first stored by two renders at once (a round and a reader's request):
             # the later read wins.
@@ -287,9 +316,11 @@ def flag_pages(session: Session, paths: Iterable[str]) -> None:
 def dirty_pages(session: Session, *, limit: int) -> list[tuple[str, datetime, datetime | None]]:
     """Pages waiting for a round: (path, dirty mark, last render), the oldest marks first."""
     rows = session.execute(
-        select(Page.path, Page.dirty_at, Page.rendered_at).where(Page.dirty_at.is_not(None))
-        .order_by(Page.dirty_at).limit(limit)
-    )  # fmt: skip
+        select(Page.path, Page.dirty_at, Page.rendered_at)
+        .where(Page.dirty_at.is_not(None))
+        .order_by(Page.dirty_at)
+        .limit(limit)
+    )
     return [(path, mark, last) for path, mark, last in rows if mark is not None]
 
 

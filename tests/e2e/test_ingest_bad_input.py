@@ -299,8 +299,11 @@ def test_the_hostile_posts_of_issue_11_are_answered_and_processed(
     # Once quadratic (21 s for the 78 KB one): the answer and the worker's parse are linear.
     name, headers = wire
     hostile = motif * (kib * 1024 // 2 // len(motif))
-    post = {"uri": f"urn:hostile:{os.urandom(4).hex()}", "headlines": [{"value": "Hostile"}],
-            "bodies": [{"value": hostile}]}  # fmt: skip
+    post = {
+        "uri": f"urn:hostile:{os.urandom(4).hex()}",
+        "headlines": [{"value": "Hostile"}],
+        "bodies": [{"value": hostile}],
+    }
     answer = pipeline.client.post(f"/v1/wire/{name}", json=post, headers=headers)
     assert answer.status_code == 202, answer.text
     receipt = pipeline.wait_receipt(answer.json()["receipt"], headers)

@@ -68,16 +68,20 @@ def test_nesting_past_the_limit_is_422_for_json_and_xml() -> None:
 
 
 def test_long_headline_and_lede_refuse_the_item() -> None:
-    ok, long_headline, long_lede = ninjs([
-        entry("urn:ok", headline="h" * MAX_HEADLINE, description_text="l" * MAX_LEDE),
-        entry("urn:h", headline="h" * (MAX_HEADLINE + 1)),
-        entry("urn:l", description_text="l" * (MAX_LEDE + 1)),
-    ])  # fmt: skip
+    ok, long_headline, long_lede = ninjs(
+        [
+            entry("urn:ok", headline="h" * MAX_HEADLINE, description_text="l" * MAX_LEDE),
+            entry("urn:h", headline="h" * (MAX_HEADLINE + 1)),
+            entry("urn:l", description_text="l" * (MAX_LEDE + 1)),
+        ]
+    )
     assert isinstance(ok, ParsedItem)
     assert long_headline == ItemError(
-        1, f"headline is {MAX_HEADLINE + 1} characters long; at most {MAX_HEADLINE} are accepted",
-        guid="urn:h", field="headline",
-    )  # fmt: skip
+        1,
+        f"headline is {MAX_HEADLINE + 1} characters long; at most {MAX_HEADLINE} are accepted",
+        guid="urn:h",
+        field="headline",
+    )
     assert isinstance(long_lede, ItemError) and long_lede.field == "lede"
 
 
@@ -85,19 +89,27 @@ def test_too_many_subjects_or_tags_refuse_the_item() -> None:
     subjects = [{"name": f"t{n}"} for n in range(MAX_SUBJECTS + 1)]
     tags = [{"name": f"t{n}"} for n in range(MAX_TAGS + 2)]  # the first is the section
     repeated = [{"name": "same"}] * MAX_SUBJECTS
-    many, too_many_tags, repeats = ninjs([
-        entry("urn:s", subjects=subjects), entry("urn:t", subjects=tags), entry("urn:r", subjects=repeated)
-    ])  # fmt: skip
+    many, too_many_tags, repeats = ninjs(
+        [entry("urn:s", subjects=subjects), entry("urn:t", subjects=tags), entry("urn:r", subjects=repeated)]
+    )
     assert isinstance(many, ItemError) and many.field == "subjects"
     assert many.reason == f"item has {MAX_SUBJECTS + 1} subjects; at most {MAX_SUBJECTS} are accepted"
     assert isinstance(too_many_tags, ItemError) and too_many_tags.field == "tags"
     assert isinstance(repeats, ParsedItem) and repeats.tags == ["same"]
     categories = "".join(f"<category>c{n}</category>" for n in range(MAX_SUBJECTS + 1))
-    [item] = parse("rss", rss(f"<item><guid>g</guid><title>t</title><description>d</description>{categories}"
-                              "</item>"), default_tz=UTC)  # fmt: skip
+    [item] = parse(
+        "rss",
+        rss(f"<item><guid>g</guid><title>t</title><description>d</description>{categories}</item>"),
+        default_tz=UTC,
+    )
     assert isinstance(item, ItemError) and item.field == "categories"
-    column = {"guid": "c", "headline": "h", "body_html": "<p>b</p>", "author": {"name": "A"},
-              "tags": [f"t{n}" for n in range(MAX_SUBJECTS + 1)]}  # fmt: skip
+    column = {
+        "guid": "c",
+        "headline": "h",
+        "body_html": "<p>b</p>",
+        "author": {"name": "A"},
+        "tags": [f"t{n}" for n in range(MAX_SUBJECTS + 1)],
+    }
     [item] = parse("column", json.dumps(column).encode(), default_tz=UTC)
     assert isinstance(item, ItemError) and item.field == "tags"
 

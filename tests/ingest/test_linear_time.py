@@ -33,11 +33,48 @@ FLOOR_SECONDS = 0.002
 REPEATS = 3
 
 PIECES = [
-    "<a", "<a>", "</a>", "<!--", "-->", "<div>", "</div>", "<b id=1>", "<i class=x>", "</i>", "<p>",
-    "</p>", "x", " ", "&amp;", "&#x41;", "&", "&nbsp;", "<script>", "</script>", "<style>",
-    "<![CDATA[", "]]>", "<", ">", '"', "'", "=", "<table>", "<td>", "<li>", "<svg>", "<math>",
-    "</", "<?", "<!DOCTYPE", "\n", "<br>", "<img src=x onerror=alert(1)>", "<center>", "<object>",
-]  # fmt: skip
+    "<a",
+    "<a>",
+    "</a>",
+    "<!--",
+    "-->",
+    "<div>",
+    "</div>",
+    "<b id=1>",
+    "<i class=x>",
+    "</i>",
+    "<p>",
+    "</p>",
+    "x",
+    " ",
+    "&amp;",
+    "&#x41;",
+    "&",
+    "&nbsp;",
+    "<script>",
+    "</script>",
+    "<style>",
+    "<![CDATA[",
+    "]]>",
+    "<",
+    ">",
+    '"',
+    "'",
+    "=",
+    "<table>",
+    "<td>",
+    "<li>",
+    "<svg>",
+    "<math>",
+    "</",
+    "<?",
+    "<!DOCTYPE",
+    "\n",
+    "<br>",
+    "<img src=x onerror=alert(1)>",
+    "<center>",
+    "<object>",
+]
 motifs = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join) | st.text(
     min_size=1, max_size=8
 )
@@ -79,8 +116,13 @@ def quietly(run: Callable[[], object]) -> Callable[[], object]:
 
 # What each wire format carries the motif in: its headline and its body, as HTML.
 def ninjs(text: str) -> bytes:
-    return json.dumps({"uri": "urn:h", "headlines": [{"value": text, "contenttype": "text/html"}],
-                       "bodies": [{"value": text}]}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "uri": "urn:h",
+            "headlines": [{"value": text, "contenttype": "text/html"}],
+            "bodies": [{"value": text}],
+        }
+    ).encode()
 
 
 def column(text: str) -> bytes:
@@ -125,9 +167,12 @@ HELPERS: dict[str, Callable[[str], object]] = {
     "clean_text": clean_text,
 }
 CHECKS = settings(
-    max_examples=3, deadline=None, derandomize=True, database=None,
+    max_examples=3,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)  # fmt: skip
+)
 
 
 def hostile(test: Callable[..., None]) -> Callable[..., None]:

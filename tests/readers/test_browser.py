@@ -28,8 +28,14 @@ def visit(browser: Any, url: str, shots: Path, name: str) -> tuple[Any, list[str
         " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
     )
     problems: list[str] = []
-    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
-            if message.type in ("error", "warning") else None)  # fmt: skip
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type in ("error", "warning")
+            else None
+        ),
+    )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     answer = page.goto(url)
     assert answer is not None and answer.status == 200, url
@@ -44,9 +50,15 @@ def test_pages_in_chromium(browser: Any, site_url: str, tmp_path: Path) -> None:
     shots.mkdir(parents=True, exist_ok=True)
     token = unique("browser")
     tag, author, section = f"Kinburn {token}", f"Olena Petrenko {token}", f"Front {token}"
-    story = insert_story(new_source(), tags=[tag], author_name=author, section=section, lede="The lede.",
-                         headline=f"Ukrainian flag raised on Kinburn Spit </script> {token}",
-                         body_html="<p>The flag went up at dawn.</p>")  # fmt: skip
+    story = insert_story(
+        new_source(),
+        tags=[tag],
+        author_name=author,
+        section=section,
+        lede="The lede.",
+        headline=f"Ukrainian flag raised on Kinburn Spit </script> {token}",
+        body_html="<p>The flag went up at dawn.</p>",
+    )
     publish(story.id, labels=["exclusive"])
     story_url = f"{site_url}/stories/{story.slug}"
     tag_path, author_path = f"/tags/{slugify(tag)}", f"/authors/{slugify(author)}"

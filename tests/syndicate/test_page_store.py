@@ -80,9 +80,11 @@ def test_a_story_is_on_every_page_as_soon_as_in_the_feeds_and_leaves_them_as_qui
     picture = {"url": "https://cdn.example.com/p.jpg", "media_type": "image/jpeg", "caption": "Kyiv"}
     story = insert_story(new_source(), section=section, tags=[tag], author_name=author, picture=picture)
     url = f"{SITE}/stories/{story.slug}"
-    lists = {f"/sections/{slugify(section)}": f"section/{slugify(section)}",
-             f"/tags/{slugify(tag)}": f"tag/{slugify(tag)}",
-             f"/authors/{slugify(author)}": f"author/{slugify(author)}"}  # fmt: skip
+    lists = {
+        f"/sections/{slugify(section)}": f"section/{slugify(section)}",
+        f"/tags/{slugify(tag)}": f"tag/{slugify(tag)}",
+        f"/authors/{slugify(author)}": f"author/{slugify(author)}",
+    }
     # Read once before, so that the API holds copies that the change must replace.
     get(pipeline, "/")
     assert get(pipeline, f"/stories/{story.slug}").status_code == 404
@@ -167,8 +169,13 @@ def test_story_page_links_tags_and_author_and_carries_json_ld(pipeline: Pipeline
     token = unique("links")
     author, tags = f"Vitaly Portnikov {token}", [f"China {token}", f"Russia {token}"]
     picture = {"url": "https://cdn.example.com/column.jpg", "media_type": "image/jpeg"}
-    story = insert_story(new_source(), tags=tags, author_name=author, picture=picture,
-                         headline=f"Column </script><script>alert(1)</script> {token}")  # fmt: skip
+    story = insert_story(
+        new_source(),
+        tags=tags,
+        author_name=author,
+        picture=picture,
+        headline=f"Column </script><script>alert(1)</script> {token}",
+    )
     publish(story.id)
     path = f"/stories/{story.slug}"
     page = wait_for(lambda: a if (a := get(pipeline, path)).status_code == 200 else None, what="the page")
@@ -197,8 +204,9 @@ def test_a_list_pages_by_key_cheaply_and_ends(pipeline: Pipeline) -> None:
     now = utcnow().replace(microsecond=0)
     # Two stories share one moment: the key (published_at, id) still orders and splits them.
     moments = [now - timedelta(minutes=n) for n in range(pages.PAGE_SIZE + 4)] + [now - timedelta(days=1)]
-    slugs = [insert_story(source, tags=[tag], status="published", published_at=moment).slug
-             for moment in moments]  # fmt: skip
+    slugs = [
+        insert_story(source, tags=[tag], status="published", published_at=moment).slug for moment in moments
+    ]
     path = f"/tags/{slugify(tag)}"
     # Never rendered (stories inserted straight into the database): rendered on first request.
     first = get(pipeline, path)
@@ -266,8 +274,13 @@ def test_front_page_pages_by_key(pipeline: Pipeline) -> None:
 
 
 def test_nothing_published_there_is_404(pipeline: Pipeline) -> None:
-    for path in (f"/tags/{unique('none')}", f"/authors/{unique('none')}", f"/sections/{unique('none')}",
-                 "/tags/Not-A-Slug", f"/stories/{unique('none')}"):  # fmt: skip
+    for path in (
+        f"/tags/{unique('none')}",
+        f"/authors/{unique('none')}",
+        f"/sections/{unique('none')}",
+        "/tags/Not-A-Slug",
+        f"/stories/{unique('none')}",
+    ):
         answer = get(pipeline, path)
         assert answer.status_code == 404, path
         assert answer.headers["content-type"].startswith("text/html")

@@ -186,25 +186,35 @@ def test_empty_front_page() -> None:
 
 def test_list_page_of_an_author_tag_and_section() -> None:
     stories = more_news()
-    html = pages.render_list_page("author", "vitaly-portnikov", "Vitaly Portnikov", items(stories),
-                                  bio="journalist, National Shevchenko Prize laureate", older=None,
-                                  settings=settings())  # fmt: skip
+    html = pages.render_list_page(
+        "author",
+        "vitaly-portnikov",
+        "Vitaly Portnikov",
+        items(stories),
+        bio="journalist, National Shevchenko Prize laureate",
+        older=None,
+        settings=settings(),
+    )
     text = text_of(html)
     assert (
         "Vitaly Portnikov journalist, National Shevchenko Prize laureate Stories by Vitaly Portnikov" in text
     )
     assert "2025, Friday 18 July 19:16 Ukrainian reconnaissance" in text
     assert '<link rel="canonical" href="https://news.example.org/authors/vitaly-portnikov">' in html
-    for ext, mime in [("rss", "application/rss+xml"), ("atom", "application/atom+xml"),
-                      ("json", "application/feed+json")]:  # fmt: skip
+    for ext, mime in [
+        ("rss", "application/rss+xml"),
+        ("atom", "application/atom+xml"),
+        ("json", "application/feed+json"),
+    ]:
         assert f'<link rel="alternate" type="{mime}" href="/feeds/author/vitaly-portnikov.{ext}"' in html
     tag = pages.render_list_page(
         "tag", "china", "China", items(stories), bio=None, older=None, settings=settings()
     )
     assert "<title>China — Espreso. Global</title>" in tag
     assert 'href="/feeds/tag/china.atom"' in tag and "Stories tagged China" in text_of(tag)
-    section = pages.render_list_page("section", "opinion", "Opinion", items(stories), bio=None, older=None,
-                                     settings=settings())  # fmt: skip
+    section = pages.render_list_page(
+        "section", "opinion", "Opinion", items(stories), bio=None, older=None, settings=settings()
+    )
     assert 'href="/feeds/section/opinion.json"' in section and "Latest in Opinion" in text_of(section)
 
 
@@ -257,8 +267,13 @@ def test_story_page_links_its_tags_and_author() -> None:
     for slug, name in [("china", "China"), ("russia", "Russia"), ("ukraine", "Ukraine")]:
         assert f'<a rel="tag" href="/tags/{slug}">{name}</a>' in html
     assert 'About the author. <a rel="author" href="/authors/vitaly-portnikov">Vitaly Portnikov</a>,' in html
-    byline = make_story("wire", "A wire story", datetime(2025, 7, 18, 6, 0, tzinfo=UTC),
-                        author_name="Olena Ivanova", author_slug="olena-ivanova")  # fmt: skip
+    byline = make_story(
+        "wire",
+        "A wire story",
+        datetime(2025, 7, 18, 6, 0, tzinfo=UTC),
+        author_name="Olena Ivanova",
+        author_slug="olena-ivanova",
+    )
     assert (
         '<p class="byline"><a rel="author" href="/authors/olena-ivanova">Olena Ivanova</a></p>'
         in story_page(byline, [])
@@ -274,8 +289,13 @@ def test_story_page_json_ld_news_article() -> None:
     assert data["headline"] == HEADLINE
     assert data["datePublished"] == "2025-04-09T07:52:00Z"
     assert data["dateModified"] == "2025-04-10T09:00:00Z"
-    assert data["author"] == [{"@type": "Person", "name": "Vitaly Portnikov",
-                               "url": "https://news.example.org/authors/vitaly-portnikov"}]  # fmt: skip
+    assert data["author"] == [
+        {
+            "@type": "Person",
+            "name": "Vitaly Portnikov",
+            "url": "https://news.example.org/authors/vitaly-portnikov",
+        }
+    ]
     assert data["image"] == ["https://img.example.org/column.jpg"]
     assert (
         data["mainEntityOfPage"]
@@ -289,8 +309,14 @@ def test_story_page_json_ld_news_article() -> None:
 
 def test_json_ld_cannot_end_its_script() -> None:
     evil = "Breaking </script><script>alert(1)</script> <!-- & \u2028"
-    story = make_story("evil", evil, datetime(2025, 7, 18, 6, 0, tzinfo=UTC), lede="</SCRIPT >",
-                       author_name="</script>", author_slug="script")  # fmt: skip
+    story = make_story(
+        "evil",
+        evil,
+        datetime(2025, 7, 18, 6, 0, tzinfo=UTC),
+        lede="</SCRIPT >",
+        author_name="</script>",
+        author_slug="script",
+    )
     html = story_page(story, [])
     block = html.split('<script type="application/ld+json">', 1)[1].split("</script>", 1)[0]
     assert "<" not in block and ">" not in block and "&" not in block

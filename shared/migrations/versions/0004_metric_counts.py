@@ -28,7 +28,7 @@ COUNTED = (
      False),
     ("stories", "stories", "0", "''", "status", True),
     ("deliveries", "deliveries", "partner_id", "''", "status", False),
-)  # fmt: skip
+)
 
 
 def _values(table: str, metric: str, owner: str, label: str, row: str, sign: str) -> str:
@@ -55,7 +55,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("items", sa.Integer(), nullable=False),
-    )  # fmt: skip
+    )
     op.create_table(
         "metric_totals",
         sa.Column("metric", sa.String(20), primary_key=True),
@@ -89,7 +89,7 @@ def upgrade() -> None:
         else:
             op.execute(f"CREATE TRIGGER {table}_count_insert AFTER INSERT ON {table} BEGIN {insert_new}; END")
             op.execute(f"CREATE TRIGGER {table}_count_update AFTER UPDATE OF {columns} ON {table} "
-                       f"WHEN {changed} BEGIN {insert_old}; {insert_new}; END")  # fmt: skip
+                       f"WHEN {changed} BEGIN {insert_old}; {insert_new}; END")
             if count_deletes:
                 op.execute(
                     f"CREATE TRIGGER {table}_count_delete AFTER DELETE ON {table} BEGIN {insert_old}; END"
