@@ -28,14 +28,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.helpers.support import ROOT, PartnerServer, wait_for
+from tests.helpers.support import ROOT, PartnerServer, free_port, wait_for
+from tests.helpers.support import postgres_database as database_of
 
 UNCREATABLE = "/proc/newsroom-data"  # not even root can make a folder here
 BIN = Path(sys.executable).parent
-PG_BASE = os.environ.get("NEWSROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 # --- reading the files -------------------------------------------------------------------
@@ -119,38 +118,10 @@ def seconds(duration: str) -> float:
 # --- the servers the images would run ------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
-    """A fresh database owned by the compose file's user, on the local server."""
-    name = f"newsroom_compose_{secrets.token_hex(4)}"
-    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as connection:
-            exists = connection.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = 'newsroom'"))
-            if not exists:
-                connection.execute(text("CREATE ROLE newsroom LOGIN"))
-            connection.execute(text(f'CREATE DATABASE "{name}" OWNER newsroom'))
-    except Exception as error:
-        admin.dispose()
-        reason = f"PostgreSQL is not reachable at {make_url(PG_BASE).render_as_string()}: {error!s:.200}"
-        if os.environ.get("NEWSROOM_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + " (NEWSROOM_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
-    try:
-        yield name
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A fresh database on the local server, owned by the compose file's user."""
+    yield from database_of("newsroom")
 
 
 class Services:
@@ -246,7 +217,8 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
         if value.startswith("postgresql"):
             url = make_url(value)
             assert url.host == "postgres" and url.password, value
-            value = url.set(host="127.0.0.1", port=5432, database=postgres_database).render_as_string(
+            local = make_url(postgres_database)
+            value = url.set(host=local.host, port=local.port, database=local.database).render_as_string(
                 hide_password=False
             )
         if name == "NEWSROOM_DATA_DIR":
@@ -273,7 +245,8 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
         for name in startup_order(services):
             service = services[name]
             if name == "postgres":
-                env = {**machine, "PGHOST": "127.0.0.1", "PGPORT": "5432"}
+                local = make_url(postgres_database)
+                env = {**machine, "PGHOST": str(local.host), "PGPORT": str(local.port or 5432)}
                 check = run_check(service["healthcheck"]["test"], env, str(tmp_path))
                 assert check.returncode == 0, check.stdout + check.stderr
                 continue

@@ -30,9 +30,8 @@ from sqlalchemy.engine import Engine
 from services.app import create_app
 from shared.db import session_scope
 from shared.models import Receipt, Source
-from tests.helpers.cluster import free_port
 from tests.helpers.pipeline import Pipeline
-from tests.helpers.support import ROOT, newsroom_environment, wait_for
+from tests.helpers.support import ROOT, free_port, newsroom_environment, wait_for
 
 pytestmark = pytest.mark.pipeline
 

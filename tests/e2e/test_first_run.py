@@ -6,7 +6,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,17 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.support import ROOT, wait_for
+from tests.helpers.support import ROOT, free_port, wait_for
 
 FIRST_SCREEN_SECONDS = 30
 MAX_LINES = 80
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Up:

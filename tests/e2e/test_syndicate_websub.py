@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import httpx
 import pytest
 from lxml import etree  # type: ignore[import-untyped]
 
-from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, ROOT, wait_for
+from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.pipeline
 
@@ -104,13 +103,6 @@ class LoopbackHub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

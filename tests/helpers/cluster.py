@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,13 +13,14 @@ import httpx
 import redis as redis_lib
 
 from shared.redis import redis_server_binary
-from tests.helpers.support import GENEROUS_LIMITS, LOOPBACK_ALLOW, start_newsroom, stop_newsroom, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers.support import (
+    GENEROUS_LIMITS,
+    LOOPBACK_ALLOW,
+    free_port,
+    start_newsroom,
+    stop_newsroom,
+    wait_for,
+)
 
 
 class OwnRedis:

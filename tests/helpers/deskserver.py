@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.helpers.cluster import free_port
-from tests.helpers.support import ROOT
+from tests.helpers.support import ROOT, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -84,14 +85,28 @@ def claim_redis_database(host: str = "127.0.0.1", port: int = 6379) -> str | Non
     return None
 
 
-def postgres_database() -> Iterator[str]:
-    """A PostgreSQL database of its own (created, then dropped); skipped, or failed, without a server."""
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_database(owner: str | None = None) -> Iterator[str]:
+    """A PostgreSQL database of its own (created, then dropped); skipped, or failed, without a server.
+
+    With ``owner``, that role (made if missing) owns the database, as an operator's would.
+    """
     base = os.environ.get("NEWSROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     name = f"newsroom_test_{os.getpid()}_{secrets.token_hex(3)}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            if owner and not connection.scalar(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": owner}
+            ):
+                connection.execute(text(f'CREATE ROLE "{owner}" LOGIN'))
+            connection.execute(text(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else "")))
     except Exception as error:
         admin.dispose()
         reason = f"PostgreSQL is not reachable at {make_url(base).render_as_string()}: {error!s:.200}"

@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.cluster import free_port
 from tests.helpers.pipeline import Pipeline
-from tests.helpers.support import wait_for
+from tests.helpers.support import free_port, wait_for
 
 CHROMIUM = os.environ.get("NEWSROOM_TEST_CHROMIUM", "/usr/bin/chromium")
 
