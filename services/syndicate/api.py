@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import cache as cache_function
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, quote
 
 import redis
@@ -47,6 +49,7 @@ NOT_FOUND_CACHE_CONTROL = "public, max-age=10"
 # An older page changes only when a story in it is unpublished or edited.
 OLDER_CACHE_CONTROL = "public, max-age=60, stale-while-revalidate=60"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +132,17 @@ class FeedCache:
     before an announcement arrived (the generation moved on) is not kept. Feeds are keyed
     by their path under /feeds/ (``all.atom``), pages by their path (``/``, ``/stories/…``);
     story pages are many, so only the most recently read are kept.
+
+    A copy missing from memory is loaded once however many readers ask for it at the same
+    time (``load_once``): after each render round, when a spike of readers finds the front
+    page and every story page dropped, one load per page reaches the database, not one per
+    reader.
     """
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, _Served] = OrderedDict()
+        # Loads under way, by path and generation; touched only from the event loop.
+        self._loading: dict[tuple[str, int], asyncio.Future[Any]] = {}
         # What story pages are put together from: their stored part, and the "More news" list.
         self._parts: OrderedDict[str, site.StoredPage] = OrderedDict()
         self._more_news: tuple[site.StoredPage, list[pages.Piece]] | None = None
@@ -158,6 +168,26 @@ class FeedCache:
                 self._entries[path] = served
                 if len(self._entries) > CACHE_ENTRIES:
                     self._entries.popitem(last=False)
+
+    async def load_once(self, path: str, load: Callable[[], Awaitable[T]]) -> T:
+        """``load()``, or the result of the same load already under way for this generation.
+
+        A waiting reader whose leader failed (or was cancelled) loads for itself.
+        """
+        key = (path, self._generation)
+        under_way = self._loading.get(key)
+        if under_way is not None:
+            shared: T | None = await asyncio.shield(under_way)
+            return shared if shared is not None else await load()
+        future: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        served: T | None = None
+        try:
+            served = await load()
+            return served
+        finally:
+            del self._loading[key]
+            future.set_result(served)
 
     def part(self, path: str) -> site.StoredPage | None:
         return self._parts.get(path)
@@ -287,7 +317,7 @@ class FeedEndpoint:
         cache = _cache(scope["app"])
         served = cache.get(path)
         if served is None:
-            served = await self._load(cache, path)
+            served = await cache.load_once(FEEDS + path, lambda: self._load(cache, path))
         await _answer(scope, send, served)
 
     @staticmethod
@@ -332,7 +362,10 @@ class PageEndpoint:
         if b"before=" in raw_query:
             served = await run_in_threadpool(_older_page, path, raw_query.decode("latin-1"))
         else:
-            served = cache.get(path) or await self._load(cache, path)
+            cached = cache.get(path)
+            served = (
+                cached if cached is not None else await cache.load_once(path, lambda: self._load(cache, path))
+            )
         await _answer(scope, send, served)
 
     @staticmethod
@@ -367,16 +400,25 @@ async def _story_page(cache: FeedCache, path: str, generation: int) -> _Served |
         cache.put_part(part, generation=generation)
     if part.body is None or part.etag is None or part.last_modified is None:
         return _not_found_page()
-    more = cache.more_news
+    more = cache.more_news or await cache.load_once(
+        site.MORE_NEWS, lambda: _load_more_news(cache, generation)
+    )
     if more is None:
-        stored = await run_in_threadpool(service.load_page, site.MORE_NEWS)
-        if stored is None or stored.body is None:
-            return _stored_page(part)
-        more = (stored, pages.pieces_from_json(stored.body))
-        cache.put_more_news(more, generation=generation)
+        return _stored_page(part)
     body = pages.fill_story_page(part.body, more[1], part.story_id or 0)
     last_modified = max(part.last_modified, more[0].last_modified or part.last_modified)
     return _page(body, site.etag_of(body), last_modified)
+
+
+async def _load_more_news(
+    cache: FeedCache, generation: int
+) -> tuple[site.StoredPage, list[pages.Piece]] | None:
+    stored = await run_in_threadpool(service.load_page, site.MORE_NEWS)
+    if stored is None or stored.body is None:
+        return None
+    more = (stored, pages.pieces_from_json(stored.body))
+    cache.put_more_news(more, generation=generation)
+    return more
 
 
 def _older_page(path: str, raw_query: str) -> _Served:
