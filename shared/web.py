@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from shared.auth import find_token
 from shared.db import session_scope
 from shared.errors import Forbidden, NewsroomError, Unauthorized
+from shared.models import Source
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Principal:
     name: str
     role: str
     source_id: int | None
+    # A wire token's source as it was read with the token (enabled, not removed), so that a
+    # post needs no second read of it.
+    source: Source | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor(self) -> str:
@@ -64,7 +68,11 @@ def _holder(token: str) -> Principal:
         row = find_token(session, token)
         if row is None:
             raise Unauthorized("unknown token")
-        return Principal(token_id=row.id, name=row.name, role=row.role, source_id=row.source_id)
+        # find_token read the source already: this is its copy in the session, not a query.
+        source = session.get(Source, row.source_id) if row.source_id is not None else None
+        return Principal(
+            token_id=row.id, name=row.name, role=row.role, source_id=row.source_id, source=source
+        )
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]
