@@ -51,6 +51,7 @@ def cmd_api(args: argparse.Namespace) -> None:
         log_config=None,
         proxy_headers=True,
         access_log=False,
+        workers=args.workers,
     )
 
 
@@ -639,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("-w", "--workers", type=int, default=1, help="API processes on this port")
     api.set_defaults(func=cmd_api)
 
     worker = commands.add_parser("worker", help="a Celery worker")

@@ -111,8 +111,8 @@ class Cluster:
     def stop(self, name: str, *, kill: bool = False) -> None:
         stop_newsroom(self.processes.pop(name, None), kill=kill)
 
-    def start_api(self) -> None:
-        self.start("api", "api", "--port", str(self.api_port))
+    def start_api(self, *, processes: int = 1) -> None:
+        self.start("api", "api", "--port", str(self.api_port), "--workers", str(processes))
         wait_for(self._api_up, timeout=30, what="the api to answer")
 
     def _api_up(self) -> bool:
@@ -121,10 +121,10 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def start_all(self) -> None:
+    def start_all(self, *, api_processes: int = 1, worker_processes: int = 2) -> None:
         self.redis.start()
-        self.start_api()
-        self.start("worker", "worker", "-c", "2")
+        self.start_api(processes=api_processes)
+        self.start("worker", "worker", "-c", str(worker_processes))
         self.start("scheduler", "scheduler")
 
     def stop_all(self) -> None:
