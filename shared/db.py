@@ -53,11 +53,7 @@ def _create_engine(url: str, immediate: bool) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    # No ping before each use: it is a round trip per transaction, eight or so per post. A
-    # connection the server dropped (a restart) fails its first statement instead; that error
-    # is a disconnect, which discards every pooled connection older than it, so each process
-    # sees one failure (a 503 to that caller, a retried task) and then reconnects.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def get_engine(*, read_only: bool = False) -> Engine:
