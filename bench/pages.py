@@ -361,6 +361,35 @@ class Readers:
         return self.result
 
 
+class Machine:
+    """How busy the machine's cores were during a phase: the pipeline's processes, and the
+    benchmark's own (its load generators: the posting threads, the feed watcher and wrk)."""
+
+    def __init__(self, cluster: Any, database_url: str) -> None:
+        from bench.pipeline import cpu_parts
+
+        self.parts = cpu_parts(cluster, database_url)
+
+    def measure(self, phase: Any) -> dict[str, Any]:
+        from bench.cpu import CpuMeter
+
+        meter = CpuMeter(self.parts)
+        meter.start()
+        own = os.times()
+        started = time.monotonic()
+        result: dict[str, Any] = phase()
+        elapsed = time.monotonic() - started
+        pipeline = meter.stop(1)  # milliseconds over the phase
+        after = os.times()
+        bench = sum(after[:4]) - sum(own[:4])  # this process and its reaped children (wrk)
+        result["cores_busy"] = {
+            "pipeline": round(pipeline["total"] / 1000 / elapsed, 2),
+            "load_generators": round(bench / elapsed, 2),
+            "of": os.cpu_count(),
+        }
+        return result
+
+
 def spike() -> dict[str, Any]:
     """Wire -> feed latency at SPIKE_RATE posts/s, without readers and then with them."""
     from bench.pipeline import postgres_url, steady
@@ -390,7 +419,10 @@ def spike() -> dict[str, Any]:
             with session_scope() as session:
                 source, token = add_source(session, name=f"spike-{secrets.token_hex(3)}", auto_publish=True)
                 name = source.name
-            results["without_readers"] = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            machine = Machine(cluster, url)
+            results["without_readers"] = machine.measure(
+                lambda: steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            )
             front = cluster.http.get("/")
             stories = list(dict.fromkeys(re.findall(r'href="(/stories/[^"]+)"', front.text)))[:20]
             # Half the readers' requests go to the front page, the rest to the newest stories.
@@ -399,11 +431,20 @@ def spike() -> dict[str, Any]:
             for pause_ms in SPIKE_READER_PAUSE_MS:
                 readers = Readers(base, paths, seconds=SPIKE_SECONDS + 10, pause_ms=pause_ms)
                 time.sleep(2)  # the readers are at full speed before the posts begin
-                beside = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
-                read = readers.join()
+
+                def with_readers(readers: Readers = readers) -> dict[str, Any]:
+                    result = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+                    # wrk's time is counted once it is reaped, when the readers end.
+                    result["readers"] = readers.join()
+                    return result
+
+                beside = machine.measure(with_readers)
+                read = beside.pop("readers")
                 results[f"readers_pausing_{pause_ms}ms"] = {"wire_to_feed": beside, "readers_on_pages": read}
             # Once more without readers: the machine is shared, and this brackets the runs above.
-            again = steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            again = machine.measure(
+                lambda: steady(cluster, name, token, rate=SPIKE_RATE, seconds=SPIKE_SECONDS)
+            )
             results["without_readers_again"] = again
             cluster.stop_all()
     finally:
@@ -433,3 +474,46 @@ if __name__ == "__main__":
 
     parts = sys.argv[1:] or ["serving", "spike"]
     print(json.dumps({part: globals()[part]() for part in parts}, indent=2))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The serving rates and the spike, as tables."""
+    rows = ["| path | requests/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    serving_results = results.get("serving", {})
+    for name, run in serving_results.items():
+        if isinstance(run, dict) and "requests_per_second" in run:
+            rows.append(
+                f"| {name} `{run['path']}` | {run['requests_per_second']} "
+                f"| {run['p50_ms']} | {run['p99_ms']} |"
+            )
+    for name, holds in (serving_results.get("targets") or {}).items():
+        rows.append(f"| target {name} | {holds} | | |")
+    spiked = results.get("spike", {})
+    rows += [
+        "",
+        f"Spike: {spiked.get('readers')} readers beside {spiked.get('rate_per_s')} posts/s "
+        f"({spiked.get('backend')})",
+        "",
+        "| phase | wire -> feed p50 / p95 / p99 ms | pages req/s | pages p99 ms "
+        "| cores busy: pipeline + load generators |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    phases = [("without_readers", "no readers")]
+    phases += [(f"readers_pausing_{ms}ms", f"readers pausing {ms} ms") for ms in SPIKE_READER_PAUSE_MS]
+    phases += [("without_readers_again", "no readers, again")]
+    for key, label in phases:
+        phase = spiked.get(key)
+        if not isinstance(phase, dict):
+            continue
+        wire = phase.get("wire_to_feed", phase)
+        read = phase.get("readers_on_pages", {})
+        busy = wire.get("cores_busy", {})
+        rows.append(
+            f"| {label} | {wire['p50_ms']} / {wire['p95_ms']} / {wire['p99_ms']} "
+            f"| {read.get('requests_per_second', '')} | {read.get('p99_ms', '')} "
+            f"| {busy.get('pipeline', '-')} + {busy.get('load_generators', '-')} of {busy.get('of', '-')} |"
+        )
+        side = phase.get("side_by_side")
+        if side:
+            rows.append(f"| slowdown of wire -> feed p99 (target <= 0.2) | {side['slowdown']} | | | |")
+    return "\n".join(rows)

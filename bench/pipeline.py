@@ -621,7 +621,8 @@ def table(results: dict[str, Any]) -> str:
     chain = results.get("baseline_chain_two_solo_workers") or results.get("baseline_chain")
     rows = [
         "| | wire -> in /feeds/all.atom, p50 / p95 / p99 ms | sustained, posts/s | x empty chain "
-        "| CPU ms per post (api / worker / scheduler / redis / database = total) | commits per post "
+        "| CPU ms per post (api / worker / scheduler / redis / database = total) "
+        "| PostgreSQL transactions committed per post (the pool's pings included) "
         "| load generator's CPU ms per post (left out) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
