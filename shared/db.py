@@ -53,13 +53,23 @@ def _create_engine(url: str, immediate: bool) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if immediate:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Readers have an engine of their own, whose every transaction is read-only (a write
+    # fails loudly) and ends with COMMIT: psycopg forgets its prepared statements at every
+    # ROLLBACK, so readers ending that way had every statement parsed and planned afresh.
+    readonly = "-c default_transaction_read_only=on"
+    options = make_url(url).query.get("options")
+    options = f"{options} {readonly}" if isinstance(options, str) else readonly
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"options": options}
+    )
 
 
 def get_engine(*, read_only: bool = False) -> Engine:
-    """The engine for the configured database (SQLite readers get deferred transactions)."""
-    url = get_settings().sqlalchemy_url
-    return _engine(url, immediate=not (read_only and _is_sqlite(url)))
+    """The engine for the configured database: readers get deferred transactions on SQLite,
+    read-only ones on PostgreSQL."""
+    return _engine(get_settings().sqlalchemy_url, immediate=not read_only)
 
 
 def dispose_engines() -> None:
@@ -104,10 +114,10 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
         session = Session(bind=get_engine(read_only=read_only), expire_on_commit=False)
         try:
             yield session
-            if not read_only:
-                session.commit()
-            # A reader's transaction ends with close() below, which (unlike rollback)
-            # leaves what was loaded readable after the scope.
+            if not read_only or not _is_sqlite(get_settings().sqlalchemy_url):
+                session.commit()  # a PostgreSQL reader's too: see _create_engine
+            # A SQLite reader's transaction ends with close() below, which (unlike
+            # rollback) leaves what was loaded readable after the scope.
         except BaseException:
             session.rollback()
             session.info.pop("after_commit", None)
