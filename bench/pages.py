@@ -17,7 +17,10 @@ processes (asyncio, keep-alive), so that it is not the bottleneck.
 Environment: BENCH_PAGES_SECONDS (10: each serving measurement), BENCH_PAGES_CONNECTIONS (16),
 BENCH_SPIKE_RATE (50), BENCH_SPIKE_SECONDS (30), BENCH_SPIKE_READERS (200),
 BENCH_SPIKE_READER_PAUSE_MS (100,0: one run per value), BENCH_SPIKE_BACKEND (sqlite or
-postgresql; default sqlite).
+postgresql; default sqlite), BENCH_SPIKE_SITE (shared: the readers read from the API process
+that takes the posts; separate: from an API process of their own).
+Each spike phase also reports the API's answer to a post (202) and the story's published_at
+after the post, and how many cores the pipeline and the load generators kept busy.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ SPIKE_RATE = float(os.environ.get("BENCH_SPIKE_RATE", "50"))
 SPIKE_SECONDS = float(os.environ.get("BENCH_SPIKE_SECONDS", "30"))
 SPIKE_READERS = int(os.environ.get("BENCH_SPIKE_READERS", "200"))
 SPIKE_BACKEND = os.environ.get("BENCH_SPIKE_BACKEND", "sqlite")
+# "separate": the readers read from an API process of their own; "shared": the wire's.
+SPIKE_SITE = os.environ.get("BENCH_SPIKE_SITE", "shared")
 # Each reader's pause between two pages, in milliseconds (0: as fast as the server answers).
 SPIKE_READER_PAUSE_MS = [int(ms) for ms in os.environ.get("BENCH_SPIKE_READER_PAUSE_MS", "100,0").split(",")]
 WRK = shutil.which("wrk")
@@ -261,6 +266,13 @@ def _free_port() -> int:
     return port
 
 
+def _answers(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -428,6 +440,14 @@ def spike() -> dict[str, Any]:
             # Half the readers' requests go to the front page, the rest to the newest stories.
             paths = [path for story in stories for path in ("/", story)]
             base = str(cluster.http.base_url).rstrip("/")
+            if SPIKE_SITE == "separate":
+                # The readers' own API process (as a site behind its own address would run),
+                # beside the one that takes the wire's posts.
+                port = _free_port()
+                cluster.start("site", "api", "--port", str(port))
+                base = f"http://127.0.0.1:{port}"
+                _wait(lambda: _answers(base), timeout=30, what="the readers' API process")
+            results["readers_api"] = SPIKE_SITE
             for pause_ms in SPIKE_READER_PAUSE_MS:
                 readers = Readers(base, paths, seconds=SPIKE_SECONDS + 10, pause_ms=pause_ms)
                 time.sleep(2)  # the readers are at full speed before the posts begin

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,9 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
     while not all(h in watcher.seen for h in warm) and time.perf_counter() < deadline:
         time.sleep(0.05)
     sent: dict[str, float] = {}
+    # The same moments on the wall clock, to compare with the times the pipeline stored.
+    sent_wall: dict[str, float] = {}
+    accepted: list[float] = []
     total = int(rate * seconds)
     started = time.perf_counter()
 
@@ -225,7 +228,9 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
         if delay > 0:
             time.sleep(delay)
         sent[headline] = time.perf_counter()
+        sent_wall[headline] = time.time()
         answer = cluster.http.post(f"/v1/wire/{source}", content=ninjs(headline), headers=headers)
+        accepted.append(time.perf_counter() - sent[headline])
         answer.raise_for_status()
 
     with ThreadPoolExecutor(16) as pool:
@@ -244,6 +249,7 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
     watcher.close()
     wait_until_all_published(deadline)
     latencies = [watcher.seen[h] - t for h, t in sent.items() if h in watcher.seen]
+    published = published_after(sent_wall)
     return {
         "posts": total,
         "rate_per_s": rate,
@@ -253,7 +259,30 @@ def steady(cluster: Cluster, source: str, token: str, *, rate: float, seconds: f
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
+        # Where the time goes: the API's answer (202), and the story's published_at.
+        "accepted_p50_ms": percentile(accepted, 50),
+        "accepted_p99_ms": percentile(accepted, 99),
+        "published_p50_ms": percentile(published, 50),
+        "published_p99_ms": percentile(published, 99),
     }
+
+
+def published_after(sent_wall: dict[str, float]) -> list[float]:
+    """Seconds from each post to its story's ``published_at``, as the pipeline stored it."""
+    from sqlalchemy import select
+
+    from shared.models import Story
+
+    with session_scope(read_only=True) as session:
+        rows = session.execute(
+            select(Story.headline, Story.published_at).where(
+                Story.headline.in_(list(sent_wall)), Story.published_at.is_not(None)
+            )
+        ).all()
+    return [
+        row.published_at.replace(tzinfo=row.published_at.tzinfo or UTC).timestamp() - sent_wall[row.headline]
+        for row in rows
+    ]
 
 
 def pipeline_idle() -> bool:
