@@ -404,7 +404,7 @@ class Machine:
 
 def spike() -> dict[str, Any]:
     """Wire -> feed latency at SPIKE_RATE posts/s, without readers and then with them."""
-    from bench.pipeline import postgres_url, steady
+    from bench.pipeline import drop_databases, postgres_url, steady
     from services.ingest.service import add_source
     from shared.db import session_scope
     from shared.migrate import upgrade
@@ -469,6 +469,7 @@ def spike() -> dict[str, Any]:
             cluster.stop_all()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        drop_databases()
     alone = max(results["without_readers"]["p99_ms"], results["without_readers_again"]["p99_ms"])
     for pause_ms in SPIKE_READER_PAUSE_MS:
         run = results[f"readers_pausing_{pause_ms}ms"]

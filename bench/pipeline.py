@@ -561,11 +561,42 @@ def postgres_url() -> str | None:
         admin.dispose()
     except Exception:
         return None
+    _created.append(name)
     return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+# The databases this run made, dropped at its end.
+_created: list[str] = []
+
+
+def drop_databases() -> None:
+    """Drop the PostgreSQL databases this run made."""
+    from sqlalchemy import create_engine, text
+
+    from shared.db import dispose_engines
+
+    if not _created:
+        return
+    dispose_engines()
+    base = os.environ.get("NEWSROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            while _created:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{_created.pop()}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def run() -> dict[str, Any]:
     """The whole load benchmark; prints nothing, returns the numbers."""
+    try:
+        return _measure()
+    finally:
+        drop_databases()
+
+
+def _measure() -> dict[str, Any]:
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}}
     with tempfile.TemporaryDirectory(prefix="newsroom-bench-") as temp:
         root = Path(temp)
