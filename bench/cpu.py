@@ -83,3 +83,28 @@ class CpuMeter:
         }
         per["total"] = round(sum(per.values()), 2)
         return per
+
+
+def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found = [pid]
+    for child in children.get(pid, []):
+        found += _descendants(child, children)
+    return found
+
+
+def runqueue_seconds(pids: list[int]) -> float:
+    """Seconds the living threads of these processes and their descendants spent ready to run
+    but waiting for a core (the kernel's schedstat): how contended the cores were for them."""
+    children = _children()
+    total = 0
+    for pid in {one for root in pids for one in _descendants(root, children)}:
+        try:
+            threads = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                total += int((thread / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9

@@ -18,7 +18,8 @@ Environment: BENCH_PAGES_SECONDS (10: each serving measurement), BENCH_PAGES_CON
 BENCH_SPIKE_RATE (50), BENCH_SPIKE_SECONDS (30), BENCH_SPIKE_READERS (200),
 BENCH_SPIKE_READER_PAUSE_MS (100,0: one run per value), BENCH_SPIKE_BACKEND (sqlite or
 postgresql; default sqlite), BENCH_SPIKE_SITE (shared: the readers read from the API process
-that takes the posts; separate: from an API process of their own).
+that takes the posts; separate: from an API process of their own), BENCH_SPIKE_READER_NICE
+(0: the readers' load generator, and their own API process, at this lower CPU priority).
 Each spike phase also reports the API's answer to a post (202) and the story's published_at
 after the post, and how many cores the pipeline and the load generators kept busy.
 """
@@ -51,6 +52,9 @@ SPIKE_READERS = int(os.environ.get("BENCH_SPIKE_READERS", "200"))
 SPIKE_BACKEND = os.environ.get("BENCH_SPIKE_BACKEND", "sqlite")
 # "separate": the readers read from an API process of their own; "shared": the wire's.
 SPIKE_SITE = os.environ.get("BENCH_SPIKE_SITE", "shared")
+# The readers' load generator (and with BENCH_SPIKE_SITE=separate, their API process) at this
+# lower CPU priority: they stand in for readers elsewhere and for a site on cores of its own.
+SPIKE_READER_NICE = int(os.environ.get("BENCH_SPIKE_READER_NICE", "0"))
 # Each reader's pause between two pages, in milliseconds (0: as fast as the server answers).
 SPIKE_READER_PAUSE_MS = [int(ms) for ms in os.environ.get("BENCH_SPIKE_READER_PAUSE_MS", "100,0").split(",")]
 WRK = shutil.which("wrk")
@@ -91,11 +95,14 @@ def wrk(
     seconds: float,
     headers: dict[str, str] | None = None,
     pause_ms: int = 0,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Requests/s and latency percentiles from wrk (two threads), over the paths in turn, each
-    connection pausing ``pause_ms`` between requests."""
+    connection pausing ``pause_ms`` between requests, at ``nice`` (a lower CPU priority)."""
     assert WRK is not None
     command = [WRK, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -184,6 +191,7 @@ def clients(
     seconds: float,
     headers: dict[str, str] | None = None,
     pause_ms: int = 0,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """The same measurement as ``wrk`` from several client processes (when wrk is missing)."""
     port = int(base.rsplit(":", 1)[1].rstrip("/"))
@@ -211,6 +219,8 @@ def clients(
     started = time.perf_counter()
     for worker in workers:
         worker.start()
+        if nice and worker.pid is not None:
+            os.setpriority(os.PRIO_PROCESS, worker.pid, nice)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     for _ in workers:
@@ -237,11 +247,12 @@ def measure(
     seconds: float = SECONDS,
     headers: dict[str, str] | None = None,
     pause_ms: int = 0,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Load on the paths (in turn) with whichever generator is available."""
     generator = wrk if WRK else clients
     return generator(
-        base, paths, connections=connections, seconds=seconds, headers=headers, pause_ms=pause_ms
+        base, paths, connections=connections, seconds=seconds, headers=headers, pause_ms=pause_ms, nice=nice
     )
 
 
@@ -366,7 +377,9 @@ class Readers:
         self.thread.start()
 
     def _run(self, base: str, paths: list[str], seconds: float, pause_ms: int) -> None:
-        self.result = measure(base, paths, connections=SPIKE_READERS, seconds=seconds, pause_ms=pause_ms)
+        self.result = measure(
+            base, paths, connections=SPIKE_READERS, seconds=seconds, pause_ms=pause_ms, nice=SPIKE_READER_NICE
+        )
 
     def join(self) -> dict[str, Any]:
         self.thread.join()
@@ -383,21 +396,26 @@ class Machine:
         self.parts = cpu_parts(cluster, database_url)
 
     def measure(self, phase: Any) -> dict[str, Any]:
-        from bench.cpu import CpuMeter
+        from bench.cpu import CpuMeter, runqueue_seconds
 
         meter = CpuMeter(self.parts)
         meter.start()
+        pids = list(self.parts.values())
+        waited = runqueue_seconds(pids)
         own = os.times()
         started = time.monotonic()
         result: dict[str, Any] = phase()
         elapsed = time.monotonic() - started
         pipeline = meter.stop(1)  # milliseconds over the phase
+        waited = runqueue_seconds(pids) - waited
         after = os.times()
         bench = sum(after[:4]) - sum(own[:4])  # this process and its reaped children (wrk)
         result["cores_busy"] = {
             "pipeline": round(pipeline["total"] / 1000 / elapsed, 2),
             "load_generators": round(bench / elapsed, 2),
             "of": os.cpu_count(),
+            # Seconds per second the pipeline's threads were ready to run but had no core.
+            "pipeline_waiting_for_a_core": round(waited / elapsed, 2),
         }
         return result
 
@@ -445,9 +463,12 @@ def spike() -> dict[str, Any]:
                 # beside the one that takes the wire's posts.
                 port = _free_port()
                 cluster.start("site", "api", "--port", str(port))
+                if SPIKE_READER_NICE:
+                    os.setpriority(os.PRIO_PROCESS, cluster.processes["site"].pid, SPIKE_READER_NICE)
                 base = f"http://127.0.0.1:{port}"
                 _wait(lambda: _answers(base), timeout=30, what="the readers' API process")
             results["readers_api"] = SPIKE_SITE
+            results["readers_nice"] = SPIKE_READER_NICE
             for pause_ms in SPIKE_READER_PAUSE_MS:
                 readers = Readers(base, paths, seconds=SPIKE_SECONDS + 10, pause_ms=pause_ms)
                 time.sleep(2)  # the readers are at full speed before the posts begin
@@ -516,8 +537,8 @@ def table(results: dict[str, Any]) -> str:
         f"({spiked.get('backend')})",
         "",
         "| phase | wire -> feed p50 / p95 / p99 ms | pages req/s | pages p99 ms "
-        "| cores busy: pipeline + load generators |",
-        "| --- | --- | --- | --- | --- |",
+        "| cores busy: pipeline + load generators | pipeline's threads waiting for a core (s/s) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     phases = [("without_readers", "no readers")]
     phases += [(f"readers_pausing_{ms}ms", f"readers pausing {ms} ms") for ms in SPIKE_READER_PAUSE_MS]
@@ -532,9 +553,10 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             f"| {label} | {wire['p50_ms']} / {wire['p95_ms']} / {wire['p99_ms']} "
             f"| {read.get('requests_per_second', '')} | {read.get('p99_ms', '')} "
-            f"| {busy.get('pipeline', '-')} + {busy.get('load_generators', '-')} of {busy.get('of', '-')} |"
+            f"| {busy.get('pipeline', '-')} + {busy.get('load_generators', '-')} of {busy.get('of', '-')} "
+            f"| {busy.get('pipeline_waiting_for_a_core', '-')} |"
         )
         side = phase.get("side_by_side")
         if side:
-            rows.append(f"| slowdown of wire -> feed p99 (target <= 0.2) | {side['slowdown']} | | | |")
+            rows.append(f"| slowdown of wire -> feed p99 (target <= 0.2) | {side['slowdown']} | | | | |")
     return "\n".join(rows)
