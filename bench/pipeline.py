@@ -429,7 +429,13 @@ def run_backend(backend: str, database_url: str, directory: Path, *, archive: in
             with session_scope() as session:
                 source, token = add_source(session, name=f"bench-{secrets.token_hex(3)}", auto_publish=True)
                 name = source.name
+            # CPU at the steady rate too: there posts come one at a time, not in batches.
+            meter = CpuMeter(cpu_parts(cluster, database_url))
+            commits = Commits(database_url)
+            meter.start()
             result["steady"] = steady(cluster, name, token, rate=RATE, seconds=SECONDS)
+            result["steady"]["cpu_ms_per_post"] = meter.stop(result["steady"]["posts"])
+            result["steady"]["commits_per_post"] = commits.per(result["steady"]["posts"])
             meter = CpuMeter(cpu_parts(cluster, database_url))
             commits = Commits(database_url)
             meter.start()
@@ -683,8 +689,9 @@ def table(results: dict[str, Any]) -> str:
         "| | wire -> in /feeds/all.atom, p50 / p95 / p99 ms | sustained, posts/s | x empty chain "
         "| CPU ms per post (api / worker / scheduler / redis / database = total) "
         "| PostgreSQL transactions committed per post (the pool's pings included) "
-        "| load generator's CPU ms per post (left out) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| load generator's CPU ms per post (left out) "
+        "| at the steady rate: CPU ms per post (total), transactions per post |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     baselines = (
         ("baseline_chain_two_solo_workers", "two solo workers, as the pipeline's run; the baseline"),
@@ -696,7 +703,7 @@ def table(results: dict[str, Any]) -> str:
             ratio = round(one["chains_per_s"] / chain["chains_per_s"], 2) if chain else "-"
             rows.append(
                 f"| empty three-hop Celery chain ({how}) | {one['p50_ms']} / - / {one['p99_ms']} "
-                f"| {one['chains_per_s']} chains/s | {ratio} | | | |"
+                f"| {one['chains_per_s']} chains/s | {ratio} | | | | |"
             )
     names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
     for backend in BACKENDS:
@@ -716,7 +723,9 @@ def table(results: dict[str, Any]) -> str:
                 f"| {label} | {steady['p50_ms']} / {steady['p95_ms']} / {steady['p99_ms']}{missed} "
                 f"| {burst['posts_per_s']} | {ratio} | {parts} = {cpu.get('total', '-')} "
                 f"| {burst.get('commits_per_post') or '-'} "
-                f"| {burst.get('load_generator_cpu_ms_per_post', '-')} |"
+                f"| {burst.get('load_generator_cpu_ms_per_post', '-')} "
+                f"| {(steady.get('cpu_ms_per_post') or {}).get('total', '-')}, "
+                f"{steady.get('commits_per_post') or '-'} |"
             )
     for backend in BACKENDS:
         scaled = results.get(backend, {}).get("scaling") if isinstance(results.get(backend), dict) else None
