@@ -25,7 +25,7 @@ from shared.config import get_settings
 from shared.db import after_commit, session_scope
 from shared.failures import RUNS, RUNS_TTL_SECONDS, Verdict, decide, record_failure
 from shared.models import OutboxEvent, utcnow
-from shared.outbox import BATCH_ON_ITS_WAY, Outgoing, emitted, in_place_depth, relay, send_batch
+from shared.outbox import BATCH_ON_ITS_WAY, Outgoing, in_place_depth, relay, savepoint, send_batch
 from shared.redis import get_redis
 from shared.tasknames import TaskRef
 
@@ -106,16 +106,14 @@ def run_batch(
                 events, more = claim(session, task, limit=limit)
             taken = take(session, events)
             alone = [event for event in events if event.runs > 1 and event.id in taken]
-            outbox = emitted(session)
             for event in events:
                 if event.runs > 1 or event.id not in taken:
                     continue
                 if step is None:
                     ran.append(event.kwargs)
                     continue
-                before = len(outbox)
                 try:
-                    with session.begin_nested():
+                    with savepoint(session):  # its events are forgotten if it rolls back
                         step(session, event.kwargs, prepared.get(event.id))
                     ran.append(event.kwargs)
                     continue
@@ -135,7 +133,6 @@ def run_batch(
                             exc_info=True,
                         )
                         alone.append(event)
-                del outbox[before:]  # the events its savepoint wrote are gone with it
             if alone:
                 log.info("task %s: %d events sent on their own", task.name, len(alone))
                 send_alone(session, alone)

@@ -84,6 +84,12 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def before_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` in the session's transaction, last, just before it commits; if it
+    raises, the transaction rolls back."""
+    session.info.setdefault("before_commit", []).append(callback)
+
+
 @contextmanager
 def _writer_turn(url: str) -> Iterator[None]:
     """On SQLite, wait for this process's turn to write on a file lock.
@@ -114,6 +120,9 @@ def session_scope(*, read_only: bool = False) -> Iterator[Session]:
         session = Session(bind=get_engine(read_only=read_only), expire_on_commit=False)
         try:
             yield session
+            # A callback may add another (the list is read as it grows).
+            for callback in session.info.get("before_commit", []):
+                callback()
             if not read_only or not _is_sqlite(get_settings().sqlalchemy_url):
                 session.commit()  # a PostgreSQL reader's too: see _create_engine
             # A SQLite reader's transaction ends with close() below, which (unlike

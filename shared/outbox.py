@@ -11,6 +11,11 @@ An event emitted with ``batch=True`` is not sent on its own: the relay sends one
 message to the task's batch entry point (unless one is already on its way), and
 the run it starts takes the pending events of the task together
 (``shared.batches``, built on this module).
+
+In a worker, an event of a task declared ``in_place`` whose step can run in the
+emitting transaction (``shared.tasks.in_transaction``) is not written at all: the
+step runs there, in a savepoint, and commits with the change that caused it. If it
+fails, the event is written as usual and meets the failure again as a task.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ BATCH_ON_ITS_WAY_MS = 2000
 # The events emitted in a session's transaction, relayed after its commit.
 _EMITTED = "outbox_events"
 _RELAYED = "outbox_relayed"
+# The events whose steps run just before the commit.
+_DEFERRED = "outbox_deferred"
 
 
 class Outgoing(NamedTuple):
@@ -56,8 +63,12 @@ class Outgoing(NamedTuple):
     batch: bool
 
 
-def emit(session: Session, task: TaskRef, kwargs: dict[str, Any], *, batch: bool = False) -> OutboxEvent:
+def emit(
+    session: Session, task: TaskRef, kwargs: dict[str, Any], *, batch: bool = False
+) -> OutboxEvent | None:
     """Write a task to the outbox in the current transaction; it is sent after the commit.
+
+    None where a worker ran the task in this transaction instead (see the module's doc).
 
     The row is written as sent (``sent_at``) because the post-commit relay sends it at
     once; a relay that fails un-marks it, and one that never ran (the process died)
@@ -65,6 +76,9 @@ def emit(session: Session, task: TaskRef, kwargs: dict[str, Any], *, batch: bool
     """
     if batch and task.batch is None:
         raise ValueError(f"task {task.name} has no batch entry point")
+    runner = run_in_transaction.get()
+    if runner is not None and task.in_place and runner(session, task, kwargs):
+        return None
     batch = batch and get_settings().outbox_batch  # off: every event on its own (to measure batches)
     now = utcnow()
     event = OutboxEvent(task=task.name, kwargs=kwargs, next_try_at=now, sent_at=now, gather=batch)
@@ -85,6 +99,27 @@ def emitted(session: Session) -> list[OutboxEvent]:
     return events
 
 
+def deferred(session: Session) -> list[tuple[str, dict[str, Any]]]:
+    """The events of this transaction whose steps run together just before it commits
+    (``shared.tasks.at_commit``), by task name (a savepoint rolled back drops its own)."""
+    steps: list[tuple[str, dict[str, Any]]] = session.info.setdefault(_DEFERRED, [])
+    return steps
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A savepoint whose rollback also forgets the events emitted in it."""
+    outbox, later = emitted(session), deferred(session)
+    marks = len(outbox), len(later)
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        del outbox[marks[0] :]
+        del later[marks[1] :]
+        raise
+
+
 def _outgoing(event: OutboxEvent) -> Outgoing:
     return Outgoing(event.id, event.task, event.kwargs, event.attempts, event.gather)
 
@@ -92,6 +127,11 @@ def _outgoing(event: OutboxEvent) -> Outgoing:
 # How a worker runs an event in place, right after the commit that wrote it (set by the task
 # wrapper, ``shared.tasks``, while a task runs); it returns False to leave the event to the broker.
 run_in_place: ContextVar[Callable[[Outgoing], bool] | None] = ContextVar("run_in_place", default=None)
+# How a worker runs an event in the transaction that emits it (set by the task wrapper while
+# a task runs); it returns False to have the event written as usual.
+run_in_transaction: ContextVar[Callable[[Session, TaskRef, dict[str, Any]], bool] | None] = ContextVar(
+    "run_in_transaction", default=None
+)
 # How deep runs in place are nested here (a batch of publishes run after the batch of ingests
 # that emitted them, and the feed flags after those).
 in_place_depth: ContextVar[int] = ContextVar("in_place_depth", default=0)

@@ -6,6 +6,12 @@ whose events may be batched has a second, separately named entry point for its b
 (``batch_task``). While a task runs, the events it emits of a task declared ``in_place``
 are run by this worker right after their commit (``_run_in_place``), saving the trip
 through the broker; if that run fails, or the worker dies first, they go to the broker.
+
+A task may also register a step that runs its event in the very transaction that emits
+it (``in_transaction``, or ``at_commit`` for a step that takes every such event of the
+transaction together, just before it commits): then the event is never written, and the
+effect commits with its cause. An auto-publish runs so inside its ingest, and the feed
+flags inside the publish: one transaction from a post's items to its feeds being flagged.
 """
 
 from __future__ import annotations
@@ -16,11 +22,23 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from celery import Task
+from sqlalchemy.orm import Session
 
 from shared.celery import app, time_limit
 from shared.config import get_settings
+from shared.db import before_commit
 from shared.failures import MAX_FAILURES, Decision, Verdict, count_run, decide, record_failure, too_many_runs
-from shared.outbox import Outgoing, event_id_of, in_place_depth, mark_done, run_in_place, running
+from shared.outbox import (
+    Outgoing,
+    deferred,
+    event_id_of,
+    in_place_depth,
+    mark_done,
+    run_in_place,
+    run_in_transaction,
+    running,
+    savepoint,
+)
 from shared.tasknames import DECLARED, TaskRef
 
 log = logging.getLogger(__name__)
@@ -31,6 +49,14 @@ R = TypeVar("R")
 _bodies: dict[str, Callable[..., Any]] = {}
 # Runs in place nest at most this deep (ingests, then their publishes, then their feed flags).
 MAX_IN_PLACE_DEPTH = 2
+
+Step = Callable[[Session, dict[str, Any]], None]
+Steps = Callable[[Session, list[dict[str, Any]]], None]
+# Steps run in the transaction that emits their event, by task name: at the emit, in a
+# savepoint, or once for all of the transaction's events, just before it commits.
+_steps: dict[str, Step] = {}
+_steps_at_commit: dict[str, Steps] = {}
+_AT_COMMIT = "tasks_at_commit"
 
 
 def newsroom_task(ref: TaskRef, *, max_failures: int = MAX_FAILURES) -> Callable[[Callable[..., R]], Task]:
@@ -48,6 +74,62 @@ def batch_task(ref: TaskRef) -> Callable[[Callable[[], R]], Task]:
     return lambda func: _register(batch, func, MAX_FAILURES)
 
 
+def in_transaction(ref: TaskRef) -> Callable[[Step], Step]:
+    """Register how a worker runs one of ``ref``'s events in the transaction that emits it."""
+    return lambda step: _in_transaction(ref, step, _steps)
+
+
+def at_commit(ref: TaskRef) -> Callable[[Steps], Steps]:
+    """Register how a worker runs all of a transaction's events of ``ref`` just before it commits."""
+    return lambda steps: _in_transaction(ref, steps, _steps_at_commit)
+
+
+def _in_transaction(ref: TaskRef, step: R, steps: dict[str, R]) -> R:
+    if DECLARED.get(ref.name) != ref or not ref.in_place:
+        raise ValueError(f"task {ref.name} is not declared in_place in shared.tasknames")
+    steps[ref.name] = step
+    return step
+
+
+def _run_in_transaction(session: Session, task: TaskRef, kwargs: dict[str, Any]) -> bool:
+    """Run an event in the transaction that emits it; False to have it written to the outbox."""
+    if task.name in _steps_at_commit:
+        if not session.info.get(_AT_COMMIT):
+            session.info[_AT_COMMIT] = True
+            before_commit(session, lambda: _run_at_commit(session))
+        deferred(session).append((task.name, kwargs))
+        return True
+    step = _steps.get(task.name)
+    if step is None:
+        return False
+    try:
+        with savepoint(session):
+            step(session, kwargs)
+    except Exception as error:
+        decision = decide(error, tries=1)
+        if decision.verdict is Verdict.SKIP:
+            log.info("task %s skipped: %s", task.name, decision.detail)
+            return True
+        log.warning(
+            "task %s %s failed in the transaction that emitted it; written to the outbox: %r",
+            task.name,
+            kwargs,
+            error,
+        )
+        return False
+    return True
+
+
+def _run_at_commit(session: Session) -> None:
+    pending = deferred(session)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for name, kwargs in pending:
+        by_task.setdefault(name, []).append(kwargs)
+    pending.clear()
+    for name, events in by_task.items():
+        _steps_at_commit[name](session, events)
+
+
 def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
     _bodies[name] = func
 
@@ -60,7 +142,9 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
         if too_many_runs(tries):
             _failed(name, kwargs, f"started {tries} times (it kills its worker?); given up", event_id)
         else:
-            runner = run_in_place.set(_run_in_place if get_settings().outbox_run_here else None)
+            here = get_settings().outbox_run_here
+            runner = run_in_place.set(_run_in_place if here else None)
+            transaction = run_in_transaction.set(_run_in_transaction if here else None)
             try:
                 with running(event_id), time_limit(name):
                     func(**kwargs)
@@ -80,6 +164,7 @@ def _register(name: str, func: Callable[..., Any], max_failures: int) -> Task:
                     raise self.retry(countdown=decision.delay, exc=error) from error
             finally:
                 run_in_place.reset(runner)
+                run_in_transaction.reset(transaction)
         if event_id is not None:  # skipped, failed for good or given up: done
             mark_done(event_id)
 

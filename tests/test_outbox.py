@@ -15,13 +15,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from shared import celery
+from shared import celery, tasks
 from shared.batches import claim, release, run_batch
 from shared.db import session_scope
 from shared.errors import NotFound, SkipEvent, TransientError
 from shared.failures import MAX_FAILURES, MAX_RUNS, RETRY_DELAYS, Verdict, count_run, decide, too_many_runs
 from shared.models import Failure, OutboxEvent, Source, utcnow
-from shared.outbox import emit, emitted, finish, running_event
+from shared.outbox import emit, emitted, finish, run_in_transaction, running_event
 from shared.tasknames import (
     BATCHES,
     DECLARED,
@@ -319,3 +319,95 @@ def test_a_failure_for_good_is_recorded_once_per_event(newsroom: dict[str, str])
             "gave up after 5 runs"
         ]
     assert _outbox([event_id])[0].done_at is not None
+
+
+def test_a_step_runs_in_the_transaction_that_emits_it_or_its_event_is_written(
+    newsroom: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = secrets.token_hex(3)
+    here, fails, skips = (TaskRef(f"test.{what}-{tag}", in_place=True) for what in ("here", "fails", "skips"))
+    flags = TaskRef(f"test.flags-{tag}", batch=f"test.flags-{tag}-batch", in_place=True)
+    for ref in (here, fails, skips, flags):
+        monkeypatch.setitem(DECLARED, ref.name, ref)
+    monkeypatch.setattr(tasks, "_steps", {})
+    monkeypatch.setattr(tasks, "_steps_at_commit", {})
+    flagged: list[list[int]] = []
+
+    def source(session: Session, name: str) -> None:
+        session.add(Source(name=f"{name}-{tag}"))
+        session.flush()
+
+    @tasks.in_transaction(here)
+    def run_here(session: Session, kwargs: dict[str, Any]) -> None:
+        source(session, f"here-{kwargs['n']}")
+        emit(session, flags, {"n": kwargs["n"]}, batch=True)
+
+    @tasks.in_transaction(fails)
+    def run_and_fail(session: Session, kwargs: dict[str, Any]) -> None:
+        run_here(session, kwargs)
+        raise RuntimeError("the step failed")
+
+    @tasks.in_transaction(skips)
+    def run_and_skip(session: Session, kwargs: dict[str, Any]) -> None:
+        run_here(session, kwargs)
+        raise SkipEvent("nothing to do")
+
+    @tasks.at_commit(flags)
+    def flag(session: Session, changes: list[dict[str, Any]]) -> None:
+        flagged.append([change["n"] for change in changes])
+        source(session, "flagged")
+
+    with pytest.raises(ValueError, match="not declared in_place"):
+        tasks.in_transaction(DELIVER)(run_here)
+    token = run_in_transaction.set(tasks._run_in_transaction)
+    try:
+        with published() as sent, session_scope() as session:
+            assert emit(session, here, {"n": 1}) is None
+            written = emit(session, fails, {"n": 2})
+            assert emit(session, skips, {"n": 3}) is None
+            assert emit(session, here, {"n": 4}) is None
+            assert flagged == []  # not before the commit
+    finally:
+        run_in_transaction.reset(token)
+    # The steps that ran committed with the transaction, and their feed flags ran once, together,
+    # just before it; the failed and the skipped steps left nothing, not even their flags.
+    assert flagged == [[1, 4]]
+    with session_scope(read_only=True) as session:
+        names = set(session.scalars(select(Source.name).where(Source.name.like(f"%-{tag}"))))
+        rows = session.execute(
+            select(OutboxEvent.task, OutboxEvent.kwargs).where(OutboxEvent.task.like(f"%-{tag}"))
+        )
+        outbox = [tuple(row) for row in rows]
+    assert names == {f"here-1-{tag}", f"here-4-{tag}", f"flagged-{tag}"}
+    # The failed step's event was written as usual, to meet its failure again as a task.
+    assert written is not None
+    assert outbox == [(fails.name, {"n": 2})]
+    assert sent == [f"outbox-{written.id}-0"]
+    _done([written.id])
+
+
+def test_a_failing_step_at_commit_rolls_the_whole_transaction_back(
+    newsroom: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = secrets.token_hex(3)
+    flags = TaskRef(f"test.flags-{tag}", batch=f"test.flags-{tag}-batch", in_place=True)
+    monkeypatch.setitem(DECLARED, flags.name, flags)
+    monkeypatch.setattr(tasks, "_steps_at_commit", {})
+
+    @tasks.at_commit(flags)
+    def flag(session: Session, changes: list[dict[str, Any]]) -> None:
+        raise OperationalError("UPDATE feeds", {}, Exception("the database went away"))
+
+    def change() -> None:
+        with session_scope() as session:
+            session.add(Source(name=f"change-{tag}"))
+            assert emit(session, flags, {"n": 1}) is None
+
+    token = run_in_transaction.set(tasks._run_in_transaction)
+    try:
+        with pytest.raises(OperationalError):
+            change()
+    finally:
+        run_in_transaction.reset(token)
+    with session_scope(read_only=True) as session:
+        assert session.scalar(select(Source.id).where(Source.name == f"change-{tag}")) is None

@@ -15,7 +15,7 @@ from shared.db import session_scope
 from shared.errors import Conflict, SkipEvent, TransientError
 from shared.outbox import finish
 from shared.tasknames import PUBLISH_DUE, PUBLISH_STORY, UNPUBLISH_STORY
-from shared.tasks import batch_task, newsroom_task
+from shared.tasks import batch_task, in_transaction, newsroom_task
 
 # Auto-publishes taken in one transaction by a batch run.
 BATCH = 50
@@ -44,6 +44,12 @@ def publish_story(story_id: int, actor: str | None = None, expected_version: int
 def publish_stories() -> None:
     """Publish the waiting stories, up to ``BATCH`` of them in one transaction."""
     run_batch(PUBLISH_STORY, _publish, limit=BATCH)
+
+
+@in_transaction(PUBLISH_STORY)
+def publish_in_ingest(session: Session, kwargs: dict[str, Any]) -> None:
+    """An auto-publish, in the worker's transaction that ingested the story."""
+    _publish(session, kwargs)
 
 
 def _publish(session: Session, kwargs: dict[str, Any], _: object = None) -> None:

@@ -15,14 +15,14 @@ from services.syndicate.outbound import drain_outbound, get_outbound
 from shared.batches import run_batch
 from shared.celery import send_task
 from shared.config import get_settings
-from shared.db import session_scope
+from shared.db import after_commit, session_scope
 from shared.egress import redact_url
 from shared.logs import CONSOLE
 from shared.models import utcnow
 from shared.outbox import finish
 from shared.redis import get_redis
 from shared.tasknames import DELIVER, PING_HUBS, RENDER_FEEDS, STORY_CHANGED, SWEEP_DELIVERIES
-from shared.tasks import batch_task, newsroom_task
+from shared.tasks import at_commit, batch_task, newsroom_task
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,13 @@ def stories_changed() -> None:
 
     run_batch(STORY_CHANGED, limit=CHANGES_BATCH, finish=flag)
     _flagged(changes, names)
+
+
+@at_commit(STORY_CHANGED)
+def flag_at_commit(session: Session, changes: list[dict[str, Any]]) -> None:
+    """Flag the feeds of the story changes a worker's transaction made, just before it commits."""
+    names = service.stories_changed(session, changes)
+    after_commit(session, lambda: _flagged(changes, names))
 
 
 def _flagged(changes: list[dict[str, Any]], names: list[str]) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.failures import RUNS
-from shared.models import OutboxEvent, Story
+from shared.models import OutboxEvent, Revision, Story
 from tests.helpers.pipeline import Pipeline
 from tests.helpers.support import wait_for
 
@@ -51,7 +51,7 @@ def test_worker_runs_its_processes_and_replaces_one_that_dies(pipeline: Pipeline
     assert not _children(supervisor.pid)
 
 
-def test_auto_publish_runs_in_the_ingesting_worker(pipeline: Pipeline) -> None:
+def test_an_auto_publish_and_its_feed_flags_commit_with_the_ingest(pipeline: Pipeline) -> None:
     name, wire = pipeline.source(auto_publish=True)
     item = {
         "uri": f"urn:worker:{secrets.token_hex(4)}",
@@ -73,36 +73,36 @@ def test_auto_publish_runs_in_the_ingesting_worker(pipeline: Pipeline) -> None:
 
     wait_for(published, timeout=30, what="the story published")
 
-    def events() -> list[OutboxEvent]:
-        with session_scope(read_only=True) as session:
-            tasks = ["ingest.process_receipt", "publish.publish_story"]
-            rows = session.scalars(
-                select(OutboxEvent)
-                .where(OutboxEvent.task.in_(tasks))
-                .order_by(OutboxEvent.id.desc())
-                .limit(200)
+    with session_scope(read_only=True) as session:
+        story = session.get_one(Story, story_id)
+        rows = session.scalars(
+            select(OutboxEvent).where(
+                OutboxEvent.task.in_(
+                    ["ingest.process_receipt", "publish.publish_story", "syndicate.story_changed"]
+                )
             )
-            mine = [
-                row
-                for row in rows
-                if row.kwargs.get("receipt_id") == receipt["receipt"]
-                or row.kwargs.get("story_id") == story_id
-            ]
-            return mine if all(row.done_at is not None for row in mine) and len(mine) == 2 else []
-
-    ingest, publish = sorted(wait_for(events, timeout=30, what="both events done"), key=lambda row: row.task)
+        ).all()
+        mine = [
+            row
+            for row in rows
+            if row.kwargs.get("receipt_id") == receipt["receipt"] or row.kwargs.get("story_id") == story_id
+        ]
+        actions = list(
+            session.scalars(
+                select(Revision.action).where(Revision.story_id == story_id).order_by(Revision.id)
+            )
+        )
+    assert story.status == "published"
+    assert actions == ["ingested", "published"]
+    # Neither the publish nor the feed flags were written to the outbox: only the ingest's event.
+    assert [row.task for row in mine] == ["ingest.process_receipt"]
+    (ingest,) = mine
+    assert ingest.done_at is not None
     runs = redis_lib.Redis.from_url(pipeline.env["NEWSROOM_REDIS_URL"])
-    # Each ran once, the ingest in a batch run the broker's message started, the publish in
-    # the same worker right after the ingest committed.
     assert runs.get(f"{RUNS}:{ingest.id}") == b"1"
-    assert runs.get(f"{RUNS}:{publish.id}") == b"1"
-
-    def batch_line(task: str, event_id: int) -> str | None:
-        for line in pipeline.log("worker").splitlines():
-            if f"task {task}: " in line and str(event_id) in line.rsplit(": ", 1)[-1].split(","):
-                return line
-        return None
-
-    line = wait_for(lambda: batch_line("publish.publish_story", publish.id), what="the publish's run logged")
-    assert "in place, right after the commit that wrote them" in line
-    assert "in place" not in (batch_line("ingest.process_receipt", ingest.id) or "in place")
+    # The feeds were flagged in that transaction too: a render round puts the story in the feed.
+    wait_for(
+        lambda: f"/stories/{story.slug}" in pipeline.client.get("/feeds/all.atom").text,
+        timeout=30,
+        what="the story in /feeds/all.atom",
+    )
