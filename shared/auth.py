@@ -67,6 +67,12 @@ def find_token(session: Session, token: str) -> Token | None:
 
     A wire token of a disabled source is refused with Forbidden, which says why.
     """
+    found = find_holder(session, token)
+    return None if found is None else found[0]
+
+
+def find_holder(session: Session, token: str) -> tuple[Token, Source | None] | None:
+    """``find_token``'s row with its source (a wire token's), read once."""
     digest = hash_token(token)
     row = session.scalars(select(Token).where(Token.token_hash == digest)).first()
     # The index lookup already matched; compare again in constant time for defence in depth.
@@ -75,6 +81,7 @@ def find_token(session: Session, token: str) -> Token | None:
     now = utcnow()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
+    source = None
     if row.source_id is not None:
         source = session.get(Source, row.source_id)
         if source is None or source.removed_at is not None:
@@ -84,7 +91,7 @@ def find_token(session: Session, token: str) -> Token | None:
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
         # After the caller's transaction: a write nested in it would wait on itself (SQLite).
         after_commit(session, functools.partial(_note_use, row.id, digest, now))
-    return row
+    return row, source
 
 
 def _note_use(token_id: int, digest: str, now: datetime) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from shared.changes import announce_change
@@ -58,6 +59,26 @@ def snapshot(story: Story) -> dict[str, Any]:
     data["tags"] = story.tag_names
     data["labels"] = story.label_names
     return data
+
+
+# Stories this transaction wrote (and so holds locked), as the session has them, by id.
+_WRITTEN = "stories_written"
+
+
+def note_written(session: Session, story: Story) -> None:
+    """Remember that this transaction wrote ``story``: a step that runs next in it (an
+    auto-publish) takes it as it is, instead of reading and locking it again."""
+    session.info.setdefault(_WRITTEN, {})[story.id] = story
+
+
+def written_story(session: Session, story_id: int) -> Story | None:
+    """The story as this transaction wrote it, once; None if it did not, or if a savepoint
+    rolled back since (its state is then expired)."""
+    story: Story | None = session.info.get(_WRITTEN, {}).pop(story_id, None)
+    if story is None:
+        return None
+    state = inspect(story)
+    return story if state.persistent and not state.expired_attributes else None
 
 
 def add_revision(

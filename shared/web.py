@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from shared.auth import find_token
+from shared.auth import find_holder
 from shared.db import session_scope
 from shared.errors import Forbidden, NewsroomError, Unauthorized
 from shared.models import Source
@@ -65,11 +65,10 @@ def resolve_principal(authorization: str | None) -> Principal:
 def _holder(token: str) -> Principal:
     token = token.strip()
     with session_scope(read_only=True) as session:
-        row = find_token(session, token)
-        if row is None:
+        found = find_holder(session, token)
+        if found is None:
             raise Unauthorized("unknown token")
-        # find_token read the source already: this is its copy in the session, not a query.
-        source = session.get(Source, row.source_id) if row.source_id is not None else None
+        row, source = found
         return Principal(
             token_id=row.id, name=row.name, role=row.role, source_id=row.source_id, source=source
         )

@@ -29,7 +29,7 @@ from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unproce
 from shared.logs import CONSOLE
 from shared.models import Receipt, ReceiptItem, Source, Story, utcnow
 from shared.outbox import emit
-from shared.stories import CONTENT_FIELDS, add_revision, jsonable, set_labels, set_tags
+from shared.stories import CONTENT_FIELDS, add_revision, jsonable, note_written, set_labels, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,7 @@ def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[s
     if story is not None:
         _set_tags_and_labels(story, item)
         add_revision(session, story, "ingested", actor=f"source:{source.name}")
+        note_written(session, story)
         _after_ingest(session, source, story, item, new=True)
         log.info("story %s created from %s %s", story.id, source.name, item.guid)
         return "created", story.id
@@ -428,6 +429,7 @@ def store_item(session: Session, *, source: Source, item: ParsedItem) -> tuple[s
             setattr(story, name, value)
         _set_tags_and_labels(story, item)
     add_revision(session, story, "ingested", actor=f"source:{source.name}")
+    note_written(session, story)
     _after_ingest(session, source, story, item, new=False)
     log.info("story %s r%s updated from %s %s", story.id, story.revision, source.name, item.guid)
     return "updated", story.id

@@ -30,6 +30,7 @@ from shared.stories import (
     membership,
     set_labels,
     set_tags,
+    written_story,
 )
 from shared.text import MarkupTooDeep, clean_headline, clean_text, html_to_text, sanitize_html, slugify
 
@@ -65,7 +66,12 @@ class PublishOutcome:
 
 
 def get_story(session: Session, story_id: int, *, lock: bool = False) -> Story:
-    """The story, locked for update when asked (PostgreSQL; SQLite has one writer anyway)."""
+    """The story, locked for update when asked (PostgreSQL; SQLite has one writer anyway).
+
+    A story this transaction has just written is locked already, and taken as it is.
+    """
+    if lock and (written := written_story(session, story_id)) is not None:
+        return written
     query = select(Story).where(Story.id == story_id).execution_options(populate_existing=True)
     story = session.scalars(query.with_for_update() if lock else query).first()
     if story is None:
