@@ -3,6 +3,10 @@
 A token may expire and may be revoked; either way it is refused from then on. When it
 was last used is recorded at most once a minute per token, so a busy wire does not turn
 every request into a write.
+
+Every commit that changes a token or a source moves a counter in Redis
+(``auth_generation``): a process may keep what a token's lookup found while the counter
+stays where it was, so that a revoked token or a disabled source is refused at once.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session, UOWTransaction
 
 from shared.db import after_commit, session_scope
 from shared.errors import Forbidden, NotFound
 from shared.models import Source, Token, utcnow
+from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,42 @@ LAST_USED_EVERY = timedelta(minutes=1)
 # Token hash -> when this process last recorded its use (monotonic seconds).
 _noted: dict[str, float] = {}
 _noted_lock = threading.Lock()
+
+
+# Moved after every commit that changed a token or a source.
+AUTH_GENERATION = "newsroom:auth:generation"
+_AUTH_CHANGED = "auth_changed"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_auth_change(session: Session, _flush: UOWTransaction) -> None:
+    if any(isinstance(row, Token | Source) for row in (*session.new, *session.dirty, *session.deleted)):
+        session.info[_AUTH_CHANGED] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _move_generation(session: Session) -> None:
+    if session.info.pop(_AUTH_CHANGED, False):
+        try:
+            get_redis().incr(AUTH_GENERATION)
+        except Exception as error:  # processes keep what they know for HOLDERS_TTL at most
+            log.warning("tokens or sources changed, but Redis was not told: %s", error)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_auth_change(session: Session) -> None:
+    if not session.in_transaction():
+        session.info.pop(_AUTH_CHANGED, None)
+
+
+def auth_generation() -> int | None:
+    """Where the counter of token and source changes stands; None when Redis cannot say."""
+    try:
+        value = get_redis().get(AUTH_GENERATION)
+    except Exception as error:
+        log.warning("token lookups go to the database: Redis unavailable: %s", error)
+        return None
+    return int(value or 0)
 
 
 def hash_token(token: str) -> str:
@@ -90,11 +131,11 @@ def find_holder(session: Session, token: str) -> tuple[Token, Source | None] | N
             raise Forbidden(f"source {source.name!r} is disabled")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
         # After the caller's transaction: a write nested in it would wait on itself (SQLite).
-        after_commit(session, functools.partial(_note_use, row.id, digest, now))
+        after_commit(session, functools.partial(note_use, row.id, digest, now))
     return row, source
 
 
-def _note_use(token_id: int, digest: str, now: datetime) -> None:
+def note_use(token_id: int, digest: str, now: datetime) -> None:
     """Record a use unless this process or another did within the minute (checked in memory, then in SQL)."""
     with _noted_lock:
         if time.monotonic() - _noted.get(digest, -1e9) < LAST_USED_EVERY.total_seconds():
