@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # buy: bench/README.md).
     outbox_batch: bool = True
     # Off leaves every event to the broker instead of running an ingest's publishes and a
-    # publish's feed flags in the worker that emitted them (bench/README.md).
+    # publish's feed flags in the transaction (or, failing that, the worker) that emitted them.
     outbox_run_here: bool = True
     # CIDRs that outbound requests may reach although they are not public.
     outbound_allow: str = ""
