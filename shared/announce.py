@@ -18,6 +18,7 @@ from shared.config import get_settings
 from shared.models import Delivery, Partner, Story, utcnow
 from shared.ninjs import story_to_ninjs
 from shared.outbox import emit
+from shared.stories import membership
 from shared.tasknames import DELIVER, STORY_CHANGED
 from shared.text import slugify
 
@@ -106,7 +107,14 @@ def announce_story(
         session.add(delivery)
         deliveries.append(delivery)
     session.flush()
-    change = {"story_id": story.id, "revision": story.revision, "event": event, "previous": previous or {}}
+    change = {
+        "story_id": story.id,
+        "revision": story.revision,
+        "event": event,
+        "previous": previous or {},
+        # As this transaction leaves it: the feed flags at its commit need not read it again.
+        "current": membership(story) | {"slug": story.slug},
+    }
     emit(session, STORY_CHANGED, change, batch=True)
     for delivery in deliveries:
         emit(session, DELIVER, {"delivery_id": delivery.id})

@@ -128,16 +128,28 @@ def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
     return names
 
 
-def stories_changed(session: Session, changes: Sequence[dict[str, Any]]) -> list[str]:
+def stories_changed(
+    session: Session, changes: Sequence[dict[str, Any]], *, current: bool = False
+) -> list[str]:
     """Mark every feed the changed stories were or are in as needing a render.
 
     Each change names its story (``story_id``) and its membership before (``previous``).
+    With ``current`` the changes were made in this very transaction, so the membership
+    each recorded after it (``current``, with the slug) is the story's as it commits:
+    it is not read again.
     """
-    ids = sorted({change["story_id"] for change in changes if change.get("story_id") is not None})
     keys: list[FeedKey] = []
+    story_pages: list[str] = []
     for change in changes:
         keys += keys_from_membership(change.get("previous") or {})
-    story_pages: list[str] = []
+        after = change.get("current") if current else None
+        if after and after.get("slug"):
+            keys += keys_from_membership(after)
+            story_pages.append(story_page_path(after["slug"]))
+    known = {
+        change["story_id"] for change in changes if current and (change.get("current") or {}).get("slug")
+    }
+    ids = sorted({change["story_id"] for change in changes if change.get("story_id") is not None} - known)
     if ids:
         # What puts each story in feeds now, read as columns (no whole stories to load).
         now: dict[int, dict[str, Any]] = {}

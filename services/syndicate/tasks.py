@@ -59,7 +59,7 @@ def stories_changed() -> None:
 @at_commit(STORY_CHANGED)
 def flag_at_commit(session: Session, changes: list[dict[str, Any]]) -> None:
     """Flag the feeds of the story changes a worker's transaction made, just before it commits."""
-    names = service.stories_changed(session, changes)
+    names = service.stories_changed(session, changes, current=True)
     after_commit(session, lambda: _flagged(changes, names))
 
 
