@@ -53,11 +53,12 @@ def postgres_postmaster(url: str) -> int | None:
     try:
         with engine.connect() as connection:
             backend = connection.scalar(text("SELECT pg_backend_pid()"))
+            # Read while the connection holds its backend: once closed, the backend exits.
+            fields = _stat(int(backend)) if backend else None
     except Exception:
         return None
     finally:
         engine.dispose()
-    fields = _stat(int(backend)) if backend else None
     return int(fields[1]) if fields else None
 
 
