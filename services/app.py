@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import sys
 from base64 import b64encode
 from typing import Annotated, Any
 
@@ -36,12 +35,6 @@ from shared.redis import get_redis
 from shared.web import handle_newsroom_error, resolve_principal
 
 log = logging.getLogger(__name__)
-
-# How long a thread holding the interpreter keeps it while another waits. The event loop
-# serving readers holds it almost without pause in a spike; a wire post's thread gives it up
-# at every database round trip and, at Python's default of 5 ms, waits that long to get it
-# back each time (bench/README.md: the spike).
-SWITCH_INTERVAL = 0.0005
 
 
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
@@ -121,7 +114,6 @@ def swagger_page(openapi_url: str) -> HTMLResponse:
 
 def create_app() -> FastAPI:
     """Build the application (no connections are opened until the first request)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
     docs = get_settings().api_docs
     app = NewsroomApp(
         title="Newsroom",
