@@ -17,8 +17,9 @@ processes (asyncio, keep-alive), so that it is not the bottleneck.
 Environment: BENCH_PAGES_SECONDS (10: each serving measurement), BENCH_PAGES_CONNECTIONS (16),
 BENCH_SPIKE_RATE (50), BENCH_SPIKE_SECONDS (30), BENCH_SPIKE_READERS (200),
 BENCH_SPIKE_READER_PAUSE_MS (100,0: one run per value), BENCH_SPIKE_BACKEND (sqlite or
-postgresql; default sqlite), BENCH_SPIKE_SITE (shared: the readers read from the API process
-that takes the posts; separate: from an API process of their own), BENCH_SPIKE_READER_NICE
+postgresql; default sqlite), BENCH_SPIKE_SITE (separate, the default: the readers read from an
+API process of their own, as compose.yaml's `site`; shared: from the API process that takes the
+posts), BENCH_SPIKE_READER_NICE
 (0: the readers' load generator, and their own API process, at this lower CPU priority).
 Each spike phase also reports the API's answer to a post (202) and the story's published_at
 after the post, and how many cores the pipeline and the load generators kept busy.
@@ -50,8 +51,9 @@ SPIKE_RATE = float(os.environ.get("BENCH_SPIKE_RATE", "50"))
 SPIKE_SECONDS = float(os.environ.get("BENCH_SPIKE_SECONDS", "30"))
 SPIKE_READERS = int(os.environ.get("BENCH_SPIKE_READERS", "200"))
 SPIKE_BACKEND = os.environ.get("BENCH_SPIKE_BACKEND", "sqlite")
-# "separate": the readers read from an API process of their own; "shared": the wire's.
-SPIKE_SITE = os.environ.get("BENCH_SPIKE_SITE", "shared")
+# "separate": the readers read from an API process of their own, as compose.yaml's `site`
+# runs them; "shared": from the wire's.
+SPIKE_SITE = os.environ.get("BENCH_SPIKE_SITE", "separate")
 # The readers' load generator (and with BENCH_SPIKE_SITE=separate, their API process) at this
 # lower CPU priority: they stand in for readers elsewhere and for a site on cores of its own.
 SPIKE_READER_NICE = int(os.environ.get("BENCH_SPIKE_READER_NICE", "0"))

@@ -204,7 +204,7 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
     assert image_env.get("NEWSROOM_DATA_DIR") == workdir, "the image's data dir is its WORKDIR, which it owns"
 
     redis_port = free_port()
-    api_port = free_port()
+    api_port, site_port = free_port(), free_port()
     base = f"http://127.0.0.1:{api_port}"
     machine = {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -236,7 +236,8 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
         command = [str(part) for part in command]
         if command[0] == "newsroom":
             command[0] = str(BIN / "newsroom")
-        return [str(api_port) if part == "8000" else part for part in command]
+        ports = {"8000": str(api_port), "8080": str(site_port)}
+        return [ports.get(part, part) for part in command]
 
     processes = Services(tmp_path)
     partner = PartnerServer()
@@ -340,6 +341,12 @@ def test_compose_services_start_stay_healthy_and_carry_a_story(
             lambda: headline in httpx.get(f"{base}/feeds/all.atom").text,
             timeout=30,
             what="the story in /feeds/all.atom",
+        )
+        # The readers' own process serves it too: on the front page, as soon as in the feed.
+        wait_for(
+            lambda: headline in httpx.get(f"http://127.0.0.1:{site_port}/").text,
+            timeout=30,
+            what="the story on the site's front page",
         )
         wait_for(
             lambda: any(headline in push.body for push in partner.pushes),
