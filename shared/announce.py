@@ -106,7 +106,8 @@ def announce_story(
         )
         session.add(delivery)
         deliveries.append(delivery)
-    session.flush()
+    if deliveries:
+        session.flush()
     change = {
         "story_id": story.id,
         "revision": story.revision,

@@ -95,8 +95,13 @@ def _pending_value(story: Story, name: str) -> Any:
 
 def _check_publishable(story: Story) -> None:
     headline = _pending_value(story, "headline") or ""
-    body = _pending_value(story, "body_html") or ""
-    if not headline.strip() or not html_to_text(body).strip():
+    # The text is stored beside the HTML (ingest and edits derive it); the HTML is read again
+    # only where the text is missing or may not be the HTML's.
+    pending = story.pending or {}
+    stale = "body_html" in pending and "body_text" not in pending
+    text = None if stale else _pending_value(story, "body_text")
+    text = text or html_to_text(_pending_value(story, "body_html") or "")
+    if not headline.strip() or not text.strip():
         raise Unprocessable(f"story {story.id} has no headline or no body; edit it before publishing")
 
 
@@ -212,7 +217,7 @@ def publish_story(
     story.publish_at = None
     story.unpublished_at = None
     story.revision += 1
-    session.flush()
+    # Flushed with the revision (the version compared in SQL there).
     add_revision(session, story, event.removeprefix("story."), actor=actor, note=note)
     announce_story(session, story, event, previous=previous)
     log.info(
