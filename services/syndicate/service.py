@@ -27,9 +27,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -236,6 +236,7 @@ def store_documents(
         row.format: row
         for row in session.execute(select(*columns).where(FeedDocument.key == key.name).with_for_update())
     }
+    updates: list[dict[str, Any]] = []
     for fmt, feed in rendered.items():
         row = stored.get(fmt)
         if row is not None and (row.rendered_at > snapshot or row.etag == feed.etag):
@@ -259,18 +260,26 @@ def store_documents(
                 )
             )
         else:
-            where = (FeedDocument.key == key.name, FeedDocument.format == fmt)
-            session.execute(update(FeedDocument).where(*where).values(values))
+            updates.append({"document_format": fmt, **values})
         changed.append(FeedDocument(key=key.name, format=fmt, **values))
+    if updates:  # sent together (one round trip with psycopg's pipeline)
+        table = FeedDocument.metadata.tables[FeedDocument.__tablename__]
+        where = (table.c.key == key.name, table.c.format == bindparam("document_format"))
+        session.connection().execute(update(table).where(*where), updates)
     return changed
 
 
-def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
+# render_feed_now reads when the feed was last rendered, unless its caller has just read it.
+_READ = object()
+
+
+def render_feed_now(name: str, *, seen: datetime | None, last: datetime | object | None = _READ) -> list[str]:
     """Render one feed from the database and store it; return the formats that changed.
 
     ``seen`` is the dirty mark this render answers: the flag is cleared only if no change
     marked the feed again meanwhile, and only once the documents are stored, so a render
-    that dies half-way leaves the feed dirty for the next round.
+    that dies half-way leaves the feed dirty for the next round. ``last`` is when the feed
+    was last rendered, if the caller read it with the mark.
     """
     key = parse_feed_name(name)
     if key is None:
@@ -281,7 +290,11 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
     settings = get_settings()
     snapshot = utcnow()
     with session_scope(read_only=True) as session:
-        previous_render = session.scalar(select(Feed.rendered_at).where(Feed.key == name))
+        previous_render = (
+            session.scalar(select(Feed.rendered_at).where(Feed.key == name))
+            if last is _READ
+            else cast(datetime | None, last)
+        )
         items, moments = items_for(session, key, limit=settings.feed_size)
         # The pages showing this feed's stories, read after it: never behind it.
         page_bodies = _list_pages(session, key, settings=settings)
@@ -292,14 +305,12 @@ def render_feed_now(name: str, *, seen: datetime | None) -> list[str]:
     with session_scope() as session:
         changed = store_documents(session, key, rendered, snapshot=snapshot)
         changed_pages = site.store_pages(session, page_bodies, snapshot=snapshot)
-        session.execute(
-            _insert(session)(Feed).values(key=name, renders=0).on_conflict_do_nothing(index_elements=["key"])
-        )
-        session.execute(
-            update(Feed).where(Feed.key == name).values(renders=Feed.renders + 1, rendered_at=snapshot)
-        )
+        # One statement: the render counted, and the flag cleared if no change marked it since.
+        counted = {"renders": Feed.renders + 1, "rendered_at": snapshot}
         if seen is not None:
-            session.execute(update(Feed).where(Feed.key == name, Feed.dirty_at == seen).values(dirty_at=None))
+            counted["dirty_at"] = case((Feed.dirty_at == seen, None), else_=Feed.dirty_at)
+        statement = _insert(session)(Feed).values(key=name, renders=1, rendered_at=snapshot)
+        session.execute(statement.on_conflict_do_update(index_elements=["key"], set_=counted))
         formats = [document.format for document in changed]
         if changed and settings.hubs:
             urls = [feed_url(key, fmt, settings=settings) for fmt in formats]  # type: ignore[arg-type]
@@ -488,7 +499,7 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
             left_in = 0.0  # another round is rendering it; its flag says if it must go again
             continue
         try:
-            render_feed_now(name, seen=seen)
+            render_feed_now(name, seen=seen, last=last)
             rendered += 1
         except Exception:  # the flag stays set: the next round tries again
             log.exception("feed %s: render failed", name)

@@ -268,6 +268,9 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
         for row in session.execute(select(*columns).where(Page.path.in_(sorted(rendered))).with_for_update())
     }
     changed = []
+    # Updates of stored pages, sent together (one round trip with psycopg's pipeline).
+    updates: list[dict[str, Any]] = []
+    still_current: list[dict[str, Any]] = []
     for path in sorted(rendered):
         body, story_id = rendered[path]
         row = stored.get(path)
@@ -278,7 +281,7 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
             # The same bytes: only note now and then that they are still current (the
             # sitemap, whose stories age out of it, is rendered again on reading otherwise).
             if snapshot - row.rendered_at > STILL_CURRENT:
-                session.execute(update(Page).where(Page.path == path).values(rendered_at=snapshot))
+                still_current.append({"page_path": path, "rendered_at": snapshot})
             continue
         last_modified = now
         if row is not None and row.last_modified is not None and last_modified <= row.last_modified:
@@ -298,8 +301,13 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
             statement = statement.on_conflict_do_update(index_elements=["path"], set_=values, where=newer)
             session.execute(statement)
         else:
-            session.execute(update(Page).where(Page.path == path).values(values))
+            updates.append({"page_path": path, **values})
         changed.append(path)
+    table = Page.metadata.tables[Page.__tablename__]
+    for batch in (updates, still_current):
+        if batch:
+            statement = update(table).where(table.c.path == bindparam("page_path"))
+            session.connection().execute(statement, batch)
     return changed
 
 
