@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -287,46 +287,100 @@ def render_feed_now(name: str, *, seen: datetime | None, last: datetime | object
             session.execute(update(Feed).where(Feed.key == name).values(dirty_at=None))
         log.warning("feed %s: not a feed name; flag cleared", name)
         return []
-    settings = get_settings()
     snapshot = utcnow()
     with session_scope(read_only=True) as session:
-        previous_render = (
-            session.scalar(select(Feed.rendered_at).where(Feed.key == name))
-            if last is _READ
-            else cast(datetime | None, last)
-        )
-        items, moments = items_for(session, key, limit=settings.feed_size)
-        # The pages showing this feed's stories, read after it: never behind it.
-        page_bodies = _list_pages(session, key, settings=settings)
-    rendered = render_item_documents(key, items)
-    fresh = [moment for moment in moments if moment > previous_render] if previous_render else []
-    if key.kind != "all":
-        fresh = []
+        job = _read_feed(session, key, seen=seen, last=last, snapshot=snapshot)
+    job.render()
     with session_scope() as session:
-        changed = store_documents(session, key, rendered, snapshot=snapshot)
-        changed_pages = site.store_pages(session, page_bodies, snapshot=snapshot)
-        # One statement: the render counted, and the flag cleared if no change marked it since.
-        counted = {"renders": Feed.renders + 1, "rendered_at": snapshot}
-        if seen is not None:
-            counted["dirty_at"] = case((Feed.dirty_at == seen, None), else_=Feed.dirty_at)
-        statement = _insert(session)(Feed).values(key=name, renders=1, rendered_at=snapshot)
-        session.execute(statement.on_conflict_do_update(index_elements=["key"], set_=counted))
-        formats = [document.format for document in changed]
-        if changed and settings.hubs:
-            urls = [feed_url(key, fmt, settings=settings) for fmt in formats]  # type: ignore[arg-type]
-            emit(session, tasknames.PING_HUBS, {"urls": urls})
-        announced = ([name] if changed else []) + [PAGE_PREFIX + path for path in changed_pages]
+        announced = _store_feed(session, job)
         if announced:
             after_commit(session, lambda: _announce_stored(*announced))
-    if changed:
-        _observe_latency(fresh, stored_at=utcnow())
-    log.info(
-        "feed %s rendered from %d stories; changed: %s",
-        name,
-        len(items),
-        ",".join([*formats, *changed_pages]) or "none",
+    job.done()
+    return job.formats
+
+
+@dataclass(slots=True)
+class _FeedRender:
+    """One feed's render: read in one transaction, rendered outside it, stored in another."""
+
+    key: FeedKey
+    seen: datetime | None
+    snapshot: datetime
+    items: list[Item]
+    # When each story in it last changed, and when the feed was rendered before.
+    moments: list[datetime]
+    previous: datetime | None
+    page_bodies: dict[str, site.Rendered]
+    rendered: dict[str, RenderedFeed] = field(default_factory=dict)
+    formats: list[str] = field(default_factory=list)
+    changed_pages: list[str] = field(default_factory=list)
+
+    @property
+    def what(self) -> str:
+        return f"feed {self.key.name}"
+
+    @property
+    def count(self) -> int:
+        return 1
+
+    def wanted(self) -> bool:
+        return True
+
+    def render(self) -> None:
+        self.rendered = render_item_documents(self.key, self.items)
+
+    def store(self, session: Session) -> list[str]:
+        return _store_feed(session, self)
+
+    def done(self) -> None:
+        if self.formats and self.key.kind == "all" and self.previous is not None:
+            previous = self.previous
+            _observe_latency([m for m in self.moments if m > previous], stored_at=utcnow())
+        log.info(
+            "feed %s rendered from %d stories; changed: %s",
+            self.key.name,
+            len(self.items),
+            ",".join([*self.formats, *self.changed_pages]) or "none",
+        )
+
+
+def _read_feed(
+    session: Session,
+    key: FeedKey,
+    *,
+    seen: datetime | None,
+    last: datetime | object | None,
+    snapshot: datetime,
+) -> _FeedRender:
+    settings = get_settings()
+    previous = (
+        session.scalar(select(Feed.rendered_at).where(Feed.key == key.name))
+        if last is _READ
+        else cast(datetime | None, last)
     )
-    return formats
+    items, moments = items_for(session, key, limit=settings.feed_size)
+    # The pages showing this feed's stories, read after it: never behind it.
+    page_bodies = _list_pages(session, key, settings=settings)
+    return _FeedRender(key, seen, snapshot, items, moments, previous, page_bodies)
+
+
+def _store_feed(session: Session, job: _FeedRender) -> list[str]:
+    """Store a rendered feed and its pages; return the names to announce once committed."""
+    settings = get_settings()
+    key, snapshot = job.key, job.snapshot
+    changed = store_documents(session, key, job.rendered, snapshot=snapshot)
+    job.changed_pages = site.store_pages(session, job.page_bodies, snapshot=snapshot)
+    # One statement: the render counted, and the flag cleared if no change marked it since.
+    counted = {"renders": Feed.renders + 1, "rendered_at": snapshot}
+    if job.seen is not None:
+        counted["dirty_at"] = case((Feed.dirty_at == job.seen, None), else_=Feed.dirty_at)
+    statement = _insert(session)(Feed).values(key=key.name, renders=1, rendered_at=snapshot)
+    session.execute(statement.on_conflict_do_update(index_elements=["key"], set_=counted))
+    job.formats = [document.format for document in changed]
+    if changed and settings.hubs:
+        urls = [feed_url(key, fmt, settings=settings) for fmt in job.formats]  # type: ignore[arg-type]
+        emit(session, tasknames.PING_HUBS, {"urls": urls})
+    return ([key.name] if changed else []) + [PAGE_PREFIX + path for path in job.changed_pages]
 
 
 def _list_pages(session: Session, key: FeedKey, *, settings: Any) -> dict[str, site.Rendered]:
@@ -468,28 +522,62 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
     due (None when none are). ``all`` goes first, then the feeds rendered longest ago, so
     that in a long burst every feed takes its turn while ``all`` stays fresh; a feed other
     than ``all`` waits until ``FEED_INTERVAL`` has passed since its last render.
+
+    The flagged story pages and ``all`` (with the front page) are read in one transaction
+    and stored in one, so a round costs two transactions however many stories it carries.
     """
-    # Story pages first: the lists rendered next link to them. Their own budget: `all` is
-    # rendered in every round, however many pages wait.
-    pages_rendered, left_in = render_dirty_pages(budget=budget)
+    redis = get_redis()
     started = time.monotonic()
     rendered = 0
-    with session_scope(read_only=True) as session:
-        dirty = [
-            (row.key, row.dirty_at, row.rendered_at)
-            for row in session.execute(
-                select(Feed.key, Feed.dirty_at, Feed.rendered_at)
-                .where(Feed.dirty_at.is_not(None))
-                .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key)
-                .limit(limit)
-            )
-        ]
-    dirty.sort(key=lambda row: row[0] != "all")
-    redis = get_redis()
+    pages_lock = redis.lock(PAGES_LOCK, timeout=RENDER_LOCK_TIMEOUT)
+    # A round rendering pages elsewhere is waited for (briefly): the lists this round renders
+    # then link to pages already stored.
+    pages_locked = pages_lock.acquire(blocking=True, blocking_timeout=PAGES_LOCK_WAIT)
+    left_in: float | None = None if pages_locked else 0.0
+    feed_locks: list[Any] = []
+    try:
+        snapshot = utcnow()
+        pages_job: _PagesRender | None = None
+        all_job: _FeedRender | None = None
+        with session_scope(read_only=True) as session:
+            if pages_locked:
+                try:
+                    pages_job = _read_pages(session, site.STORY_PAGES_PER_ROUND, budget, snapshot=snapshot)
+                except Exception:  # the flags stay set: the next round tries again
+                    log.exception("pages: render failed")
+                    left_in = 0.0
+            dirty = _dirty_feeds(session, limit)
+            if dirty and dirty[0][0] == "all":
+                name, seen, last = dirty.pop(0)
+                lock = redis.lock(f"{RENDER_LOCK}:{name}", timeout=RENDER_LOCK_TIMEOUT, blocking=False)
+                if lock.acquire(blocking=False):
+                    feed_locks.append(lock)
+                    try:
+                        all_job = _read_feed(session, FeedKey("all"), seen=seen, last=last, snapshot=snapshot)
+                    except Exception:  # the flag stays set: the next round tries again
+                        log.exception("feed all: render failed")
+                else:
+                    left_in = 0.0  # another round is rendering it; its flag says if it must go again
+        if pages_job is not None and pages_job.left_in is not None:
+            left_in = pages_job.left_in if left_in is None else min(left_in, pages_job.left_in)
+        if all_job is not None:
+            try:
+                all_job.render()
+            except Exception:
+                log.exception("feed all: render failed")
+                all_job = None
+        rendered, feeds_rendered = _store_round(pages_job, all_job)
+    finally:
+        if pages_locked:
+            _release(pages_lock, "pages")
+        for lock in feed_locks:
+            _release(lock, "all")
+    # The other feeds: their own budget, as in every round however many pages waited.
+    started = time.monotonic()
     now = utcnow()
     for name, seen, last in dirty:
-        if rendered and time.monotonic() - started > budget:
-            return pages_rendered + rendered, 0.0
+        if feeds_rendered and time.monotonic() - started > budget:
+            return rendered, 0.0
         due_in = 0.0 if name == "all" or last is None else FEED_INTERVAL - (now - last).total_seconds()
         if due_in > 0:
             left_in = due_in if left_in is None else min(left_in, due_in)
@@ -501,14 +589,72 @@ def render_dirty(*, limit: int = ROUND_LIMIT, budget: float = ROUND_BUDGET) -> t
         try:
             render_feed_now(name, seen=seen, last=last)
             rendered += 1
+            feeds_rendered += 1
         except Exception:  # the flag stays set: the next round tries again
             log.exception("feed %s: render failed", name)
         finally:
+            _release(lock, name)
+    return rendered, left_in
+
+
+def _dirty_feeds(session: Session, limit: int) -> list[tuple[str, datetime, datetime | None]]:
+    """The flagged feeds: (name, mark, last render), ``all`` first, then the longest unrendered."""
+    dirty = [
+        (row.key, row.dirty_at, row.rendered_at)
+        for row in session.execute(
+            select(Feed.key, Feed.dirty_at, Feed.rendered_at)
+            .where(Feed.dirty_at.is_not(None))
+            .order_by(Feed.rendered_at.asc().nulls_first(), Feed.key)
+            .limit(limit)
+        )
+    ]
+    dirty.sort(key=lambda row: row[0] != "all")
+    return dirty
+
+
+def _store_round(pages_job: _PagesRender | None, all_job: _FeedRender | None) -> tuple[int, int]:
+    """Store a round's pages and ``all`` in one transaction; return how many pages and feeds
+    were rendered, and how many of them feeds.
+
+    If that fails, each is stored on its own, so that a page that cannot be stored never
+    holds up the feed (nor the other way round).
+    """
+    jobs: list[_PagesRender | _FeedRender] = [
+        job for job in (pages_job, all_job) if job is not None and job.wanted()
+    ]
+    if not jobs:
+        return 0, 0
+    stored: list[_PagesRender | _FeedRender] = []
+    try:
+        with session_scope() as session:
+            announced = [name for job in jobs for name in job.store(session)]
+            if announced:
+                after_commit(session, lambda: _announce_stored(*announced))
+        stored = jobs
+    except Exception:
+        if len(jobs) > 1:
+            log.warning("the round's pages and feed could not be stored together; each alone", exc_info=True)
+        for job in jobs if len(jobs) > 1 else []:
             try:
-                lock.release()
-            except Exception:  # it timed out; the dirty flag keeps the work
-                log.warning("feed %s: render lock expired before release", name)
-    return pages_rendered + rendered, left_in
+                with session_scope() as session:
+                    names = job.store(session)
+                    if names:
+                        after_commit(session, lambda names=names: _announce_stored(*names))  # type: ignore[misc]
+                stored.append(job)
+            except Exception:  # its flags stay set: the next round tries again
+                log.exception("%s: render failed", job.what)
+        if len(jobs) == 1:
+            log.exception("%s: render failed", jobs[0].what)
+    for job in stored:
+        job.done()
+    return sum(job.count for job in stored), sum(1 for job in stored if isinstance(job, _FeedRender))
+
+
+def _release(lock: Any, what: str) -> None:
+    try:
+        lock.release()
+    except Exception:  # it timed out; the dirty flags keep the work
+        log.warning("%s: render lock expired before release", what)
 
 
 def render_dirty_pages(
@@ -522,61 +668,74 @@ def render_dirty_pages(
     """
     redis = get_redis()
     lock = redis.lock(PAGES_LOCK, timeout=RENDER_LOCK_TIMEOUT)
-    # A round rendering pages elsewhere is waited for (briefly): the lists this round renders
-    # next then link to pages already stored.
     if not lock.acquire(blocking=True, blocking_timeout=PAGES_LOCK_WAIT):
         return 0, 0.0
     try:
-        return _render_dirty_pages(limit, budget)
+        with session_scope(read_only=True) as session:
+            job = _read_pages(session, limit, budget, snapshot=utcnow())
+        return _store_round(job, None)[0], job.left_in
     except Exception:  # the flags stay set: the next round tries again
         log.exception("pages: render failed")
         return 0, 0.0
     finally:
-        try:
-            lock.release()
-        except Exception:
-            log.warning("pages: render lock expired before release")
+        _release(lock, "pages")
 
 
-def _render_dirty_pages(limit: int, budget: float) -> tuple[int, float | None]:
+@dataclass(slots=True)
+class _PagesRender:
+    """The flagged pages rendered from one read, to be stored."""
+
+    snapshot: datetime
+    rendered: dict[str, site.Rendered]
+    answered: list[tuple[str, datetime]]
+    left_in: float | None
+    changed: list[str] = field(default_factory=list)
+    what = "pages"
+
+    @property
+    def count(self) -> int:
+        return len(self.answered)
+
+    def wanted(self) -> bool:
+        return bool(self.answered)
+
+    def store(self, session: Session) -> list[str]:
+        self.changed = site.store_pages(session, self.rendered, snapshot=self.snapshot)
+        site.clear_flags(session, self.answered)
+        return [PAGE_PREFIX + path for path in self.changed]
+
+    def done(self) -> None:
+        log.info("pages rendered: %d; changed: %s", self.count, ", ".join(self.changed[:20]) or "none")
+
+
+def _read_pages(session: Session, limit: int, budget: float, *, snapshot: datetime) -> _PagesRender:
     settings = get_settings()
-    snapshot = utcnow()
     started = time.monotonic()
     rendered: dict[str, site.Rendered] = {}
     answered: list[tuple[str, datetime]] = []
     left_in: float | None = None
-    with session_scope(read_only=True) as session:
-        dirty = site.dirty_pages(session, limit=limit + 1)
-        if len(dirty) > limit:
-            dirty, left_in = dirty[:limit], 0.0
-        # The stories of these pages in one query (their tags and labels in one more each).
-        stories = site.published_stories(
-            session, [path[len(site.STORIES) :] for path, _, _ in dirty if path.startswith(site.STORIES)]
-        )
-        for path, mark, last in dirty:
-            if answered and time.monotonic() - started > budget:
-                left_in = 0.0  # the rest in the next round
-                break
-            if path == site.SITEMAP:
-                due_in = 0.0 if last is None else site.SITEMAP_INTERVAL - (snapshot - last).total_seconds()
-                if due_in > 0:
-                    left_in = due_in if left_in is None else min(left_in, due_in)
-                    continue
-                rendered[path] = (site.render_sitemap(session, settings=settings), None)
-            elif path.startswith(site.STORIES):
-                story = stories.get(path[len(site.STORIES) :])
-                rendered[path] = (None, None) if story is None else site.story_page(story, settings=settings)
-            answered.append((path, mark))
-    if not answered:
-        return 0, left_in
-    with session_scope() as session:
-        changed = site.store_pages(session, rendered, snapshot=snapshot)
-        site.clear_flags(session, answered)
-        if changed:
-            names = [PAGE_PREFIX + path for path in changed]
-            after_commit(session, lambda: _announce_stored(*names))
-    log.info("pages rendered: %d; changed: %s", len(answered), ", ".join(changed[:20]) or "none")
-    return len(answered), left_in
+    dirty = site.dirty_pages(session, limit=limit + 1)
+    if len(dirty) > limit:
+        dirty, left_in = dirty[:limit], 0.0
+    # The stories of these pages in one query (their tags and labels in one more each).
+    stories = site.published_stories(
+        session, [path[len(site.STORIES) :] for path, _, _ in dirty if path.startswith(site.STORIES)]
+    )
+    for path, mark, last in dirty:
+        if answered and time.monotonic() - started > budget:
+            left_in = 0.0  # the rest in the next round
+            break
+        if path == site.SITEMAP:
+            due_in = 0.0 if last is None else site.SITEMAP_INTERVAL - (snapshot - last).total_seconds()
+            if due_in > 0:
+                left_in = due_in if left_in is None else min(left_in, due_in)
+                continue
+            rendered[path] = (site.render_sitemap(session, settings=settings), None)
+        elif path.startswith(site.STORIES):
+            story = stories.get(path[len(site.STORIES) :])
+            rendered[path] = (None, None) if story is None else site.story_page(story, settings=settings)
+        answered.append((path, mark))
+    return _PagesRender(snapshot, rendered, answered, left_in)
 
 
 # ---------------------------------------------------------------------------------------------
