@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
+from shared.generations import Generation
 from shared.models import Delivery, Partner, Story, utcnow
 from shared.ninjs import story_to_ninjs
 from shared.outbox import emit
@@ -29,8 +32,50 @@ DELIVERY_GRACE = timedelta(seconds=10)
 
 STORY_EVENTS = ("story.published", "story.updated", "story.killed")
 
+# Moved after every commit that changed a partner: a process keeps the enabled partners'
+# filters while it stays put (and PARTNERS_TTL seconds at most), instead of reading them at
+# every publish.
+PARTNERS = Generation("newsroom:partners:generation", Partner)
+PARTNERS_TTL = 30.0
 
-def partner_matches(partner: Partner, story: Story, previous: dict[str, Any] | None = None) -> bool:
+
+@dataclass(frozen=True, slots=True)
+class PartnerFilter:
+    """An enabled partner's filters: what ``partner_matches`` reads."""
+
+    id: int
+    sections: list[str]
+    tags: list[str]
+    labels: list[str]
+
+
+# (generation, when read (monotonic seconds), the enabled partners) as this process last read them.
+_partners: tuple[int, float, list[PartnerFilter]] | None = None
+
+
+def enabled_partners(session: Session) -> list[PartnerFilter]:
+    """The enabled partners' filters, by id: kept while no partner changes anywhere."""
+    global _partners
+    generation = PARTNERS.current()  # read first: a change committed after it moves it on
+    kept = _partners
+    fresh = kept is not None and kept[0] == generation and time.monotonic() - kept[1] < PARTNERS_TTL
+    if kept is not None and fresh and not PARTNERS.changed_in(session):
+        return kept[2]
+    read_at = time.monotonic()
+    rows = session.execute(
+        select(Partner.id, Partner.sections, Partner.tags, Partner.labels)
+        .where(Partner.enabled.is_(True))
+        .order_by(Partner.id)
+    )
+    partners = [PartnerFilter(row.id, row.sections or [], row.tags or [], row.labels or []) for row in rows]
+    if generation is not None and not PARTNERS.changed_in(session):
+        _partners = (generation, read_at, partners)
+    return partners
+
+
+def partner_matches(
+    partner: Partner | PartnerFilter, story: Story, previous: dict[str, Any] | None = None
+) -> bool:
     """Whether a story passes a partner's filters (any section, tag or label; none = all).
 
     ``previous`` is the story's membership before the change (``shared.stories.membership``):
@@ -79,7 +124,7 @@ def announce_story(
         if event == "story.killed"
         else None
     )
-    for partner in session.scalars(select(Partner).where(Partner.enabled.is_(True))):
+    for partner in enabled_partners(session):
         if told is not None and partner.id not in told:
             continue
         if told is None and not partner_matches(partner, story, previous):

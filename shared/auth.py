@@ -21,13 +21,13 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared.db import after_commit, session_scope
 from shared.errors import Forbidden, NotFound
+from shared.generations import Generation
 from shared.models import Source, Token, utcnow
-from shared.redis import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +41,13 @@ _noted_lock = threading.Lock()
 
 
 # Moved after every commit that changed a token or a source.
-AUTH_GENERATION = "newsroom:auth:generation"
-_AUTH_CHANGED = "auth_changed"
-
-
-@event.listens_for(Session, "after_flush")
-def _note_auth_change(session: Session, _flush: UOWTransaction) -> None:
-    if any(isinstance(row, Token | Source) for row in (*session.new, *session.dirty, *session.deleted)):
-        session.info[_AUTH_CHANGED] = True
-
-
-@event.listens_for(Session, "after_commit")
-def _move_generation(session: Session) -> None:
-    if session.info.pop(_AUTH_CHANGED, False):
-        try:
-            get_redis().incr(AUTH_GENERATION)
-        except Exception as error:  # processes keep what they know for HOLDERS_TTL at most
-            log.warning("tokens or sources changed, but Redis was not told: %s", error)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_auth_change(session: Session) -> None:
-    if not session.in_transaction():
-        session.info.pop(_AUTH_CHANGED, None)
+AUTH = Generation("newsroom:auth:generation", Token, Source)
+AUTH_GENERATION = AUTH.key
 
 
 def auth_generation() -> int | None:
     """Where the counter of token and source changes stands; None when Redis cannot say."""
-    try:
-        value = get_redis().get(AUTH_GENERATION)
-    except Exception as error:
-        log.warning("token lookups go to the database: Redis unavailable: %s", error)
-        return None
-    return int(value or 0)
+    return AUTH.current()
 
 
 def hash_token(token: str) -> str:

@@ -81,7 +81,7 @@ def test_without_redis_every_lookup_reads_the_database(
     def unavailable() -> None:
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr("shared.auth.get_redis", unavailable)
+    monkeypatch.setattr("shared.generations.get_redis", unavailable)
     for _ in range(2):
         with statements() as seen:
             resolve_principal(header)
