@@ -214,3 +214,20 @@ def test_a_new_wire_version_of_a_published_story_is_flagged_until_published(
     assert "Port strike ends after talks" in story
     editor.post(f"/desk/stories/{story_id}/publish", data={"csrf": csrf_of(story), "breaking": "on"})
     assert "new version" not in row() and "Updated" in row()
+
+
+def test_a_story_without_a_headline_is_listed_with_link_text(
+    pipeline: Pipeline, editor: httpx.Client
+) -> None:
+    from sqlalchemy import update
+
+    from shared.models import Story
+    from tests.helpers.newsdesk import insert_story, new_source
+
+    story = insert_story(new_source())
+    with session_scope() as session:  # as a wire item that lost its headline in an update
+        session.execute(update(Story).where(Story.id == story.id).values(headline=" "))
+    page = editor.get("/desk")
+    row = re.search(rf'id="story-{story.id}".*?</tr>', page.text, re.S)
+    assert row is not None
+    assert f'<a href="/desk/stories/{story.id}">(no headline)</a>' in row.group(0)
