@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from shared.changes import announce_change
-from shared.models import Revision, Story, StoryLabel, StoryTag
+from shared.models import Revision, Story, StoryLabel, StoryTag, utcnow
 from shared.text import slugify
 
 # Fields of a story whose text comes from the wire or an editor.
@@ -81,22 +81,29 @@ def written_story(session: Session, story_id: int) -> Story | None:
     return story if state.persistent and not state.expired_attributes else None
 
 
+REVISIONS = Revision.metadata.tables[Revision.__tablename__]
+
+
 def add_revision(
     session: Session, story: Story, action: str, *, actor: str | None, note: str | None = None
-) -> Revision:
-    """Record the story's current revision number with who did what and why."""
-    revision = Revision(
-        story_id=story.id,
-        number=story.revision,
-        action=action,
-        actor=actor,
-        note=note,
-        snapshot=snapshot(story),
-    )
-    session.add(revision)
+) -> None:
+    """Record the story's current revision number with who did what and why.
+
+    The session's pending changes are flushed first (the story's version compared in SQL
+    among them); the revision itself is one INSERT, with no ORM object kept for it.
+    """
+    row = {
+        "story_id": story.id,
+        "number": story.revision,
+        "action": action,
+        "actor": actor,
+        "note": note,
+        "snapshot": snapshot(story),
+        "created_at": utcnow(),
+    }
     session.flush()
+    session.connection().execute(REVISIONS.insert(), row)
     announce_change(session)
-    return revision
 
 
 def set_tags(story: Story, names: list[str]) -> None:
