@@ -113,12 +113,19 @@ def _supervise_workers(args: argparse.Namespace) -> None:
     ]
     children = [subprocess.Popen(command) for _ in range(args.concurrency)]
     stopping = threading.Event()
+    received: list[int] = []
+    told: set[int] = set()
+
+    def tell_children() -> None:
+        for child in children:
+            if child.poll() is None and child.pid not in told:
+                told.add(child.pid)
+                child.send_signal(received[0])
 
     def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
         stopping.set()
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        tell_children()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -127,6 +134,9 @@ def _supervise_workers(args: argparse.Namespace) -> None:
             if child.poll() is not None and not stopping.is_set():
                 log.warning("worker process %s exited with %s; starting another", child.pid, child.returncode)
                 children[position] = subprocess.Popen(command)
+    # A process started while the signal was being handled (the handler runs between two
+    # steps of starting it, before it is in the list) is told now.
+    tell_children()
     # A warm shutdown lets the running task finish, within its time limit.
     deadline = time.monotonic() + get_settings().task_time_limit + 5
     for child in children:

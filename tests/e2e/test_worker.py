@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 
 import pytest
 import redis as redis_lib
@@ -24,6 +25,37 @@ pytestmark = pytest.mark.pipeline
 def _children(pid: int) -> set[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return {int(child) for child in found}
+
+
+def _children_now(pid: int) -> set[int]:
+    """The process's children, read straight from /proc (fast enough to catch one starting)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return {int(child) for child in listing.read().split()}
+    except OSError:
+        return set()
+
+
+def test_a_stop_while_a_process_is_being_replaced_stops_the_new_one_too(pipeline: Pipeline) -> None:
+    # The stop comes the moment the replacement exists, while the supervisor is still starting
+    # it: the new process must hear it as well, or the supervisor waits out the time limit.
+    for attempt in range(3):
+        supervisor = pipeline.start(f"racing-worker-{attempt}", "worker", "-c", "2", "-Q", "ingest")
+        try:
+            first = wait_for(
+                lambda supervisor=supervisor: (
+                    (found := _children_now(supervisor.pid)) and len(found) == 2 and found
+                ),
+                timeout=30,
+                what="two worker processes",
+            )
+            os.kill(min(first), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not _children_now(supervisor.pid) - first and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        finally:
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=30) == 0
 
 
 def test_worker_runs_its_processes_and_replaces_one_that_dies(pipeline: Pipeline) -> None:
