@@ -130,9 +130,12 @@ def test_two_schedulers_publish_once(cluster: Cluster) -> None:
             ids = list(session.scalars(select(Story.id).where(Story.guid.in_(guids))))
         return ids if len(ids) == len(guids) else None
 
-    when = utcnow() + timedelta(seconds=3)
+    ids = wait_for(story_ids, timeout=60, what="the stories")
+    # Due once all 40 are scheduled: the moment is taken after the stories exist (their
+    # ingest may take seconds on a busy machine), with room for the 40 requests.
+    when = utcnow() + timedelta(seconds=10)
     at = when.isoformat()
-    for story_id in wait_for(story_ids, timeout=60, what="the stories"):
+    for story_id in ids:
         answer = cluster.http.post(f"/v1/stories/{story_id}/publish", json={"at": at}, headers=editor)
         assert answer.status_code == 202, answer.text
         assert answer.json()["status"] == "scheduled"
