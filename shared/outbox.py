@@ -53,6 +53,11 @@ _RELAYED = "outbox_relayed"
 _DEFERRED = "outbox_deferred"
 
 
+OUTBOX = OutboxEvent.metadata.tables[OutboxEvent.__tablename__]
+_WRITTEN_COLUMNS = ("task", "kwargs", "created_at", "next_try_at", "attempts", "sent_at", "gather")
+_INSERT_EVENT = OUTBOX.insert().returning(OUTBOX.c.id)
+
+
 class Outgoing(NamedTuple):
     """An outbox event as the relay sends it."""
 
@@ -81,9 +86,15 @@ def emit(
         return None
     batch = batch and get_settings().outbox_batch  # off: every event on its own (to measure batches)
     now = utcnow()
-    event = OutboxEvent(task=task.name, kwargs=kwargs, next_try_at=now, sent_at=now, gather=batch)
-    session.add(event)
+    event = OutboxEvent(
+        task=task.name, kwargs=kwargs, created_at=now, next_try_at=now, attempts=0, sent_at=now, gather=batch
+    )
+    # The change it announces goes first; the row itself is one Core INSERT (the unit of
+    # work's bookkeeping for it cost more than the statement). The object is not in the
+    # session: it is what was written, for the relay.
     session.flush()
+    values = {column: getattr(event, column) for column in _WRITTEN_COLUMNS}
+    event.id = session.connection().execute(_INSERT_EVENT, values).scalar_one()
     events = emitted(session)
     if not session.info.get(_RELAYED):
         # One relay per transaction, of whatever is on the list when it commits.
