@@ -171,6 +171,8 @@ _NEW_RECEIPT_COLUMNS = (
     "created_at",
 )
 _INSERT_RECEIPT = RECEIPTS.insert().returning(RECEIPTS.c.id)
+RECEIPT_ITEMS = cast(Table, ReceiptItem.__table__)
+_ITEM_COLUMNS = ("receipt_id", "position", "guid", "story_id", "outcome", "error")
 
 
 def _describe(error: ItemError) -> str:
@@ -295,8 +297,11 @@ def _process(
             )
         else:
             row = _store_in_savepoint(session, receipt, source, position, item)
-        session.add(row)
         outcomes.append(row)
+    if outcomes:
+        # One Core INSERT for them all; the rows are returned as written, not kept in the session.
+        values = [{column: getattr(row, column) for column in _ITEM_COLUMNS} for row in outcomes]
+        session.connection().execute(RECEIPT_ITEMS.insert(), values)
     receipt.item_count = len(parsed)
     receipt.status = "done" if any(r.outcome != "rejected" for r in outcomes) else "rejected"
     if receipt.status == "rejected":
