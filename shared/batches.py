@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db import after_commit, session_scope
 from shared.failures import RUNS, RUNS_TTL_SECONDS, Verdict, decide, record_failure
 from shared.models import OutboxEvent, utcnow
-from shared.outbox import BATCH_ON_ITS_WAY, Outgoing, in_place_depth, relay, savepoint, send_batch
+from shared.outbox import BATCH_ON_ITS_WAY, OUTBOX, Outgoing, in_place_depth, relay, savepoint, send_batch
 from shared.redis import get_redis
 from shared.tasknames import TaskRef
 
@@ -192,14 +192,17 @@ def take(session: Session, events: Sequence[Claimed]) -> set[int]:
     """Mark events done in the caller's transaction; returns the ids that were still pending."""
     if not events:
         return set()
-    taken = session.scalars(
-        update(OutboxEvent)
-        .where(OutboxEvent.id.in_([event.id for event in events]), OutboxEvent.done_at.is_(None))
-        .values(done_at=utcnow())
-        .returning(OutboxEvent.id)
-        .execution_options(synchronize_session=False)
-    )
-    return set(taken)
+    ids = [event.id for event in events]
+    return set(session.connection().execute(_TAKE, {"ids": ids, "now": utcnow()}).scalars())
+
+
+# Built once; run on the connection, as the session keeps no outbox rows.
+_TAKE = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.done_at.is_(None))
+    .values(done_at=bindparam("now"))
+    .returning(OUTBOX.c.id)
+)
 
 
 def send_alone(session: Session, events: Sequence[Claimed]) -> None:

@@ -19,6 +19,7 @@ sitemap, flagged when their stories change, at the start of each round.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -29,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -110,8 +111,50 @@ def keys_from_membership(membership: dict[str, Any]) -> list[FeedKey]:
     return keys
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+# Upserts are built once per dialect, with every value a parameter: an ON CONFLICT clause
+# that holds values is compiled anew at each execution (SQLAlchemy cannot cache it).
+FEEDS = cast(Table, Feed.__table__)
+DOCUMENTS = cast(Table, FeedDocument.__table__)
+
+
+def _insert_for(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+@functools.cache
+def _mark_statement(dialect: str) -> Any:
+    statement = _insert_for(dialect)(FEEDS)
+    return statement.on_conflict_do_update(
+        index_elements=["key"], set_={"dirty_at": statement.excluded.dirty_at}
+    )
+
+
+@functools.cache
+def _counted_statement(dialect: str, *, clears: bool) -> Any:
+    """A feed's render counted; with ``clears``, its flag cleared unless a change marked it since
+    the round read it (``seen``)."""
+    statement = _insert_for(dialect)(FEEDS)
+    counted = {"renders": FEEDS.c.renders + 1, "rendered_at": statement.excluded.rendered_at}
+    if clears:
+        dirty = FEEDS.c.dirty_at
+        counted["dirty_at"] = case((dirty == bindparam("seen"), None), else_=dirty)
+    return statement.on_conflict_do_update(index_elements=["key"], set_=counted)
+
+
+@functools.cache
+def _first_document_statement(dialect: str) -> Any:
+    statement = _insert_for(dialect)(DOCUMENTS)
+    new = statement.excluded
+    columns = ("body", "etag", "last_modified", "rendered_at")
+    return statement.on_conflict_do_update(
+        index_elements=["key", "format"],
+        set_={column: new[column] for column in columns},
+        where=DOCUMENTS.c.rendered_at <= new.rendered_at,
+    )
 
 
 def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
@@ -121,10 +164,9 @@ def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
     if not names:
         return []
     now = utcnow()
-    statement = _insert(session)(Feed).values(
-        [{"key": name, "dirty_at": now, "renders": 0} for name in names]
-    )
-    session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"dirty_at": now}))
+    session.flush()  # the changes that call for the flags go first, as they always have
+    rows = [{"key": name, "dirty_at": now, "renders": 0} for name in names]
+    session.connection().execute(_mark_statement(_dialect(session)), rows)
     return names
 
 
@@ -253,12 +295,8 @@ def store_documents(
         if row is None:
             # A feed first stored by two renders at once (a round and a reader's request): the
             # later read wins.
-            statement = _insert(session)(FeedDocument).values(key=key.name, format=fmt, **values)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["key", "format"], set_=values, where=FeedDocument.rendered_at <= snapshot
-                )
-            )
+            statement = _first_document_statement(_dialect(session))
+            session.connection().execute(statement, {"key": key.name, "format": fmt, **values})
         else:
             updates.append({"document_format": fmt, **values})
         changed.append(FeedDocument(key=key.name, format=fmt, **values))
@@ -371,11 +409,9 @@ def _store_feed(session: Session, job: _FeedRender) -> list[str]:
     changed = store_documents(session, key, job.rendered, snapshot=snapshot)
     job.changed_pages = site.store_pages(session, job.page_bodies, snapshot=snapshot)
     # One statement: the render counted, and the flag cleared if no change marked it since.
-    counted = {"renders": Feed.renders + 1, "rendered_at": snapshot}
-    if job.seen is not None:
-        counted["dirty_at"] = case((Feed.dirty_at == job.seen, None), else_=Feed.dirty_at)
-    statement = _insert(session)(Feed).values(key=key.name, renders=1, rendered_at=snapshot)
-    session.execute(statement.on_conflict_do_update(index_elements=["key"], set_=counted))
+    statement = _counted_statement(_dialect(session), clears=job.seen is not None)
+    row = {"key": key.name, "renders": 1, "rendered_at": snapshot, "seen": job.seen}
+    session.connection().execute(statement, row)
     job.formats = [document.format for document in changed]
     if changed and settings.hubs:
         urls = [feed_url(key, fmt, settings=settings) for fmt in job.formats]  # type: ignore[arg-type]

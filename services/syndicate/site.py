@@ -10,6 +10,7 @@ a list (``?before=``) are rendered on request from one indexed key query.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -245,8 +246,8 @@ def render_sitemap(session: Session, *, settings: Settings, now: datetime | None
 # Storing
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _insert_for(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def etag_of(body: bytes) -> str:
@@ -295,10 +296,8 @@ def store_pages(session: Session, rendered: dict[str, Rendered], *, snapshot: da
         if row is None:
             # A page first stored by two renders at once (a round and a reader's request):
             # the later read wins.
-            newer = or_(Page.rendered_at.is_(None), Page.rendered_at <= snapshot)
-            statement = _insert(session)(Page).values(path=path, **values)
-            statement = statement.on_conflict_do_update(index_elements=["path"], set_=values, where=newer)
-            session.execute(statement)
+            statement = _first_store_statement(session.get_bind().dialect.name)
+            session.connection().execute(statement, {"path": path, **values})
         else:
             updates.append({"page_path": path, **values})
         changed.append(path)
@@ -316,8 +315,34 @@ def flag_pages(session: Session, paths: Iterable[str]) -> None:
     if not names:
         return
     now = utcnow()
-    statement = _insert(session)(Page).values([{"path": path, "dirty_at": now} for path in names])
-    session.execute(statement.on_conflict_do_update(index_elements=["path"], set_={"dirty_at": now}))
+    session.flush()  # the changes that call for the flags go first, as they always have
+    statement = _flag_statement(session.get_bind().dialect.name)
+    session.connection().execute(statement, [{"path": path, "dirty_at": now} for path in names])
+
+
+# Upserts are built once per dialect, with every value a parameter: an ON CONFLICT clause
+# that holds values is compiled anew at each execution (SQLAlchemy cannot cache it).
+PAGES = cast(Table, Page.__table__)
+
+
+@functools.cache
+def _flag_statement(dialect: str) -> Any:
+    statement = _insert_for(dialect)(PAGES)
+    return statement.on_conflict_do_update(
+        index_elements=["path"], set_={"dirty_at": statement.excluded.dirty_at}
+    )
+
+
+@functools.cache
+def _first_store_statement(dialect: str) -> Any:
+    statement = _insert_for(dialect)(PAGES)
+    new = statement.excluded
+    columns = ("body", "etag", "last_modified", "rendered_at", "story_id")
+    return statement.on_conflict_do_update(
+        index_elements=["path"],
+        set_={column: new[column] for column in columns},
+        where=or_(PAGES.c.rendered_at.is_(None), PAGES.c.rendered_at <= new.rendered_at),
+    )
 
 
 def dirty_pages(session: Session, *, limit: int) -> list[tuple[str, datetime, datetime | None]]:
