@@ -170,12 +170,7 @@ def claim(session: Session, task: TaskRef, *, limit: int) -> tuple[list[Claimed]
             redis.delete(f"{BATCH_ON_ITS_WAY}:{task.name}")
     except Exception as error:  # the mark expires on its own
         log.warning("outbox: could not clear the batch mark of %s: %s", task.name, error)
-    rows = session.execute(
-        select(OutboxEvent.id, OutboxEvent.kwargs, OutboxEvent.attempts)
-        .where(OutboxEvent.done_at.is_(None), OutboxEvent.task == task.name, OutboxEvent.gather.is_(True))
-        .order_by(OutboxEvent.id)
-        .limit(limit)
-    ).all()
+    rows = session.connection().execute(_PENDING, {"task": task.name, "limit": limit}).all()
     if not rows:
         return [], False
     lease_ms = int(get_settings().outbox_lease * 1000)
@@ -197,6 +192,12 @@ def take(session: Session, events: Sequence[Claimed]) -> set[int]:
 
 
 # Built once; run on the connection, as the session keeps no outbox rows.
+_PENDING = (
+    select(OUTBOX.c.id, OUTBOX.c.kwargs, OUTBOX.c.attempts)
+    .where(OUTBOX.c.done_at.is_(None), OUTBOX.c.task == bindparam("task"), OUTBOX.c.gather.is_(True))
+    .order_by(OUTBOX.c.id)
+    .limit(bindparam("limit"))
+)
 _TAKE = (
     update(OUTBOX)
     .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)), OUTBOX.c.done_at.is_(None))
