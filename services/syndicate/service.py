@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.syndicate import pages, site
@@ -117,27 +116,15 @@ FEEDS = cast(Table, Feed.__table__)
 DOCUMENTS = cast(Table, FeedDocument.__table__)
 
 
-def _insert_for(dialect: str) -> Any:
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
-
-
-@functools.cache
-def _mark_statement(dialect: str) -> Any:
-    statement = _insert_for(dialect)(FEEDS)
-    return statement.on_conflict_do_update(
-        index_elements=["key"], set_={"dirty_at": statement.excluded.dirty_at}
-    )
 
 
 @functools.cache
 def _counted_statement(dialect: str, *, clears: bool) -> Any:
     """A feed's render counted; with ``clears``, its flag cleared unless a change marked it since
     the round read it (``seen``)."""
-    statement = _insert_for(dialect)(FEEDS)
+    statement = site.insert_for(dialect)(FEEDS)
     counted = {"renders": FEEDS.c.renders + 1, "rendered_at": statement.excluded.rendered_at}
     if clears:
         dirty = FEEDS.c.dirty_at
@@ -147,7 +134,7 @@ def _counted_statement(dialect: str, *, clears: bool) -> Any:
 
 @functools.cache
 def _first_document_statement(dialect: str) -> Any:
-    statement = _insert_for(dialect)(DOCUMENTS)
+    statement = site.insert_for(dialect)(DOCUMENTS)
     new = statement.excluded
     columns = ("body", "etag", "last_modified", "rendered_at")
     return statement.on_conflict_do_update(
@@ -166,7 +153,7 @@ def mark_dirty(session: Session, keys: Iterable[FeedKey]) -> list[str]:
     now = utcnow()
     session.flush()  # the changes that call for the flags go first, as they always have
     rows = [{"key": name, "dirty_at": now, "renders": 0} for name in names]
-    session.connection().execute(_mark_statement(_dialect(session)), rows)
+    session.connection().execute(site.flag_statement(_dialect(session), FEEDS, "key"), rows)
     return names
 
 

@@ -246,8 +246,18 @@ def render_sitemap(session: Session, *, settings: Settings, now: datetime | None
 # Storing
 
 
-def _insert_for(dialect: str) -> Any:
+def insert_for(dialect: str) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+@functools.cache
+def flag_statement(dialect: str, table: Table, key: str) -> Any:
+    """Flag a feed's or a page's row (``dirty_at``), inserting it if it is new."""
+    statement = insert_for(dialect)(table)
+    return statement.on_conflict_do_update(
+        index_elements=[key], set_={"dirty_at": statement.excluded.dirty_at}
+    )
 
 
 def etag_of(body: bytes) -> str:
@@ -316,7 +326,7 @@ def flag_pages(session: Session, paths: Iterable[str]) -> None:
         return
     now = utcnow()
     session.flush()  # the changes that call for the flags go first, as they always have
-    statement = _flag_statement(session.get_bind().dialect.name)
+    statement = flag_statement(session.get_bind().dialect.name, PAGES, "path")
     session.connection().execute(statement, [{"path": path, "dirty_at": now} for path in names])
 
 
@@ -326,16 +336,8 @@ PAGES = cast(Table, Page.__table__)
 
 
 @functools.cache
-def _flag_statement(dialect: str) -> Any:
-    statement = _insert_for(dialect)(PAGES)
-    return statement.on_conflict_do_update(
-        index_elements=["path"], set_={"dirty_at": statement.excluded.dirty_at}
-    )
-
-
-@functools.cache
 def _first_store_statement(dialect: str) -> Any:
-    statement = _insert_for(dialect)(PAGES)
+    statement = insert_for(dialect)(PAGES)
     new = statement.excluded
     columns = ("body", "etag", "last_modified", "rendered_at", "story_id")
     return statement.on_conflict_do_update(
