@@ -97,5 +97,6 @@ def test_a_page_that_cannot_be_stored_does_not_hold_up_all(
             break
     else:
         pytest.fail("`all` was not rendered beside pages that could not be stored")
-    # The pages keep their flags for the next round.
-    assert all(dirty is not None for dirty, _ in pages(paths))
+    # The pages keep their flags for the next round: none is left unflagged without having been
+    # stored (the session's worker, whose rounds are not patched, may store them meanwhile).
+    assert all(dirty is not None or rendered is not None for dirty, rendered in pages(paths))
