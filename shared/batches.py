@@ -2,7 +2,8 @@
 
 Built on the outbox (``shared.outbox``): an event emitted with ``batch=True`` waits in
 its table, and the relay sends one message to the task's batch entry point, which calls
-``run_batch``. Each event's step runs in a savepoint of the one transaction.
+``run_batch``. Each event's step runs as if in a savepoint of the one transaction: the
+savepoints are taken only when a step has failed without them (``shared.outbox.optimistic``).
 
 Which run takes an event is decided in the database (``take``); the Redis claims only
 keep concurrent runs from reading the same events. The claim also counts a run of
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -25,7 +26,17 @@ from shared.config import get_settings
 from shared.db import after_commit, session_scope
 from shared.failures import RUNS, RUNS_TTL_SECONDS, Verdict, decide, record_failure
 from shared.models import OutboxEvent, utcnow
-from shared.outbox import BATCH_ON_ITS_WAY, OUTBOX, Outgoing, in_place_depth, relay, savepoint, send_batch
+from shared.outbox import (
+    BATCH_ON_ITS_WAY,
+    OUTBOX,
+    Outgoing,
+    Rerun,
+    in_place_depth,
+    optimistic,
+    relay,
+    savepoint,
+    send_batch,
+)
 from shared.redis import get_redis
 from shared.tasknames import TaskRef
 
@@ -75,15 +86,17 @@ def run_batch(
 ) -> int:
     """Run a batch of a task's pending events in one transaction; returns how many ran.
 
-    Each event's ``step`` runs in a savepoint: an event skipped, or failed for good, is
-    recorded alone and the rest commit; an event that fails otherwise is sent on its own,
-    to be retried and capped like any other, and so is one whose earlier run never
-    finished. A transient fault (the database) fails the whole batch, which the batch
-    entry point's retry runs again. ``prepare`` reads what a step needs before the write
-    transaction (on SQLite writers take turns); a step gets None where that failed, and
-    reads for itself. ``finish`` runs last, in the same transaction, with the arguments
-    of the events that ran (without ``step``: of every event taken; its failure fails
-    the batch).
+    Each event's ``step`` runs as if in a savepoint: an event skipped, or failed for good,
+    is recorded alone and the rest commit; an event that fails otherwise is sent on its
+    own, to be retried and capped like any other, and so is one whose earlier run never
+    finished. The transaction first runs without savepoints (``shared.outbox.optimistic``):
+    if a step fails there, it is rolled back and the batch runs again with them, so the
+    statements a savepoint costs are paid only by a batch that needs one. A transient
+    fault (the database) fails the whole batch, which the batch entry point's retry runs
+    again. ``prepare`` reads what a step needs before the write transaction (on SQLite
+    writers take turns); a step gets None where that failed, and reads for itself.
+    ``finish`` runs last, in the same transaction, with the arguments of the events that
+    ran (without ``step``: of every event taken; its failure fails the batch).
     """
     events: list[Claimed] = []
     more = False
@@ -98,46 +111,23 @@ def run_batch(
                     prepared[event.id] = None
         if not events:  # none waiting, or all taken by other runs
             return 0
-    failures: list[tuple[dict[str, Any], str]] = []
-    ran: list[dict[str, Any]] = []
+    run = _Run(task, step, finish, prepared)
     try:
-        with session_scope() as session:
-            if prepare is None:  # nothing to read first: claimed in the one transaction
-                events, more = claim(session, task, limit=limit)
-            taken = take(session, events)
-            alone = [event for event in events if event.runs > 1 and event.id in taken]
-            for event in events:
-                if event.runs > 1 or event.id not in taken:
-                    continue
-                if step is None:
-                    ran.append(event.kwargs)
-                    continue
-                try:
-                    with savepoint(session):  # its events are forgotten if it rolls back
-                        step(session, event.kwargs, prepared.get(event.id))
-                    ran.append(event.kwargs)
-                    continue
-                except Exception as error:
-                    decision = decide(error, tries=event.runs)
-                    if decision.verdict is Verdict.TRANSIENT:
-                        raise
-                    if decision.verdict is Verdict.SKIP:
-                        log.info("task %s %s skipped: %s", task.name, event.kwargs, decision.detail)
-                    elif decision.verdict is Verdict.PERMANENT:
-                        failures.append((event.kwargs, decision.detail))
-                    else:
-                        log.warning(
-                            "task %s %s failed in a batch; sent on its own",
-                            task.name,
-                            event.kwargs,
-                            exc_info=True,
-                        )
-                        alone.append(event)
-            if alone:
-                log.info("task %s: %d events sent on their own", task.name, len(alone))
-                send_alone(session, alone)
-            if finish is not None:
-                finish(session, ran)
+        try:
+            with session_scope() as session:
+                optimistic(session)
+                if prepare is None:  # nothing to read first: claimed in the one transaction
+                    events, more = claim(session, task, limit=limit)
+                run.write(session, events)
+        except Rerun as rerun:
+            log.info(
+                "task %s: a step failed (%r); the batch runs again, each step in a savepoint",
+                task.name,
+                rerun.error,
+            )
+            run = _Run(task, step, finish, prepared)
+            with session_scope() as session:
+                run.write(session, events)
     except BaseException:
         release(events)
         raise
@@ -145,16 +135,69 @@ def run_batch(
         return 0
     where = " in place, right after the commit that wrote them" if in_place_depth.get() else ""
     log.info(
-        "task %s: %d events in one run%s: %s", task.name, len(ran), where, ",".join(str(e.id) for e in events)
+        "task %s: %d events in one run%s: %s",
+        task.name,
+        len(run.ran),
+        where,
+        ",".join(str(e.id) for e in events),
     )
-    for kwargs, detail in failures:
+    for kwargs, detail in run.failures:
         record_failure(task.name, kwargs, detail)
     if more:
         try:
             send_batch(task.name)
         except Exception as error:  # the sweep sends one after the lease
             log.warning("outbox: no message for the rest of %s: %s", task.name, error)
-    return len(ran)
+    return len(run.ran)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One attempt at a batch's write transaction: what ran, and what failed for good."""
+
+    task: TaskRef
+    step: Step | None
+    finish: Callable[[Session, list[dict[str, Any]]], None] | None
+    prepared: dict[int, Any]
+    ran: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+    def write(self, session: Session, events: Sequence[Claimed]) -> None:
+        task, step = self.task, self.step
+        taken = take(session, events)
+        alone = [event for event in events if event.runs > 1 and event.id in taken]
+        for event in events:
+            if event.runs > 1 or event.id not in taken:
+                continue
+            if step is None:
+                self.ran.append(event.kwargs)
+                continue
+            try:
+                with savepoint(session):  # its events are forgotten if it rolls back
+                    step(session, event.kwargs, self.prepared.get(event.id))
+                self.ran.append(event.kwargs)
+                continue
+            except Exception as error:
+                decision = decide(error, tries=event.runs)
+                if decision.verdict is Verdict.TRANSIENT:
+                    raise
+                if decision.verdict is Verdict.SKIP:
+                    log.info("task %s %s skipped: %s", task.name, event.kwargs, decision.detail)
+                elif decision.verdict is Verdict.PERMANENT:
+                    self.failures.append((event.kwargs, decision.detail))
+                else:
+                    log.warning(
+                        "task %s %s failed in a batch; sent on its own",
+                        task.name,
+                        event.kwargs,
+                        exc_info=True,
+                    )
+                    alone.append(event)
+        if alone:
+            log.info("task %s: %d events sent on their own", task.name, len(alone))
+            send_alone(session, alone)
+        if self.finish is not None:
+            self.finish(session, self.ran)
 
 
 def claim(session: Session, task: TaskRef, *, limit: int) -> tuple[list[Claimed], bool]:

@@ -51,6 +51,8 @@ _EMITTED = "outbox_events"
 _RELAYED = "outbox_relayed"
 # The events whose steps run just before the commit.
 _DEFERRED = "outbox_deferred"
+# Set on a session whose savepoints are plain steps (``optimistic``).
+_OPTIMISTIC = "outbox_optimistic"
 
 
 OUTBOX = OutboxEvent.metadata.tables[OutboxEvent.__tablename__]
@@ -117,9 +119,39 @@ def deferred(session: Session) -> list[tuple[str, dict[str, Any]]]:
     return steps
 
 
+class Rerun(BaseException):
+    """A step failed in a transaction that runs without savepoints (``optimistic``).
+
+    Raised past every handler of ordinary errors (it is not an ``Exception``), to the code
+    that began the transaction: it rolls the transaction back and runs it again without
+    ``optimistic``, where the failure is handled in its savepoint.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def optimistic(session: Session) -> None:
+    """Run this transaction's savepoints (``savepoint``) as plain steps: a step that fails
+    raises ``Rerun`` instead of rolling back to its savepoint.
+
+    A savepoint costs two statements and their round trips, on every step of a batch,
+    while a step that fails is rare; the caller pays for a failure by running the whole
+    transaction again, with savepoints.
+    """
+    session.info[_OPTIMISTIC] = True
+
+
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
     """A savepoint whose rollback also forgets the events emitted in it."""
+    if session.info.get(_OPTIMISTIC):
+        try:
+            yield
+        except Exception as error:
+            raise Rerun(error) from error
+        return
     outbox, later = emitted(session), deferred(session)
     marks = len(outbox), len(later)
     try:

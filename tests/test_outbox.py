@@ -110,6 +110,60 @@ def test_a_gathered_event_that_fails_goes_alone_and_the_rest_commit(newsroom: di
         session.execute(update(OutboxEvent).where(OutboxEvent.id == poison.id).values(done_at=utcnow()))
 
 
+@contextmanager
+def _savepoints() -> Iterator[list[str]]:
+    """The SAVEPOINT statements run on the engine meanwhile."""
+    from sqlalchemy import event
+
+    from shared.db import get_engine
+
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SAVEPOINT"):
+            seen.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+def test_a_batch_takes_savepoints_only_when_a_step_fails(newsroom: dict[str, str]) -> None:
+    task = _task()
+    ids = _gathered(task, 0, 1, 2)
+    names = [f"test-optimistic-{secrets.token_hex(3)}-{n}" for n in range(6)]
+    runs: list[int] = []
+
+    def step(session: Session, kwargs: dict[str, int], _: object) -> None:
+        runs.append(kwargs["n"])
+        session.add(Source(name=names[kwargs["n"]]))
+        session.flush()
+
+    with _savepoints() as seen:
+        assert run_batch(task, step, limit=50) == 3
+    assert seen == [] and runs == [0, 1, 2]
+    # A step that fails: the batch is rolled back and run again, each step in a savepoint,
+    # and what the others wrote is there once.
+    ids += _gathered(task, 3, 4, 5)
+    runs.clear()
+
+    def poisoned(session: Session, kwargs: dict[str, int], prepared: object) -> None:
+        step(session, kwargs, prepared)
+        if kwargs["n"] == 4:
+            raise RuntimeError("this one is poison")
+
+    with _savepoints() as seen:
+        assert run_batch(task, poisoned, limit=50) == 2
+    assert len(seen) == 3 and runs == [3, 4, 3, 4, 5]
+    with session_scope() as session:
+        stored = session.scalars(select(Source.name).where(Source.name.in_(names)).order_by(Source.name))
+        assert stored.all() == sorted(names[:4] + names[5:])
+        session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(done_at=utcnow()))
+
+
 def test_a_gathered_event_whose_run_never_finished_goes_alone(newsroom: dict[str, str]) -> None:
     task = _task()
     died, fresh = _gathered(task, 0, 1)

@@ -28,7 +28,7 @@ from shared.config import get_settings
 from shared.errors import Conflict, NotFound, SkipEvent, TransientError, Unprocessable
 from shared.logs import CONSOLE
 from shared.models import Receipt, ReceiptItem, Source, Story, utcnow
-from shared.outbox import emit
+from shared.outbox import emit, savepoint
 from shared.stories import CONTENT_FIELDS, add_revision, jsonable, note_written, set_labels, set_tags
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def _store_in_savepoint(
 ) -> ReceiptItem:
     """Store one item; an item the database refuses is rejected alone, the others still go in."""
     try:
-        with session.begin_nested():
+        with savepoint(session):
             outcome, story_id = store_item(session, source=source, item=item)
     except (OperationalError, TransientError):
         raise  # the database is unwell, not the item: the whole receipt is retried
