@@ -121,6 +121,9 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # No OpenTelemetry here (metrics are Prometheus'): without this FastAPI asks on every
+        # request whether a tracer, meter or logger provider has been set up.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_exception_handler(NewsroomError, handle_newsroom_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
