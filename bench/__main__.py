@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-BENCHMARKS = ("ingest", "feeds", "pipeline", "pages")
+BENCHMARKS = ("ingest", "feeds", "storage", "pipeline", "pages")
 
 
 def main(argv: list[str]) -> None:

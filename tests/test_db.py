@@ -39,3 +39,20 @@ def test_readers_keep_the_prepared_statements(postgresql: object) -> None:
             text("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%+ 1%'")
         )
     assert prepared == 1
+
+
+def test_stored_feeds_and_pages_are_compressed_with_lz4(postgresql: object) -> None:
+    # Rewritten at every render round, each over the TOAST threshold: pglz, the default,
+    # costs the server about four times lz4's CPU per store (migration 0006).
+    from shared.migrate import upgrade
+
+    upgrade()
+    with session_scope(read_only=True) as session:
+        methods = session.execute(
+            text(
+                "SELECT attrelid::regclass::text, attcompression FROM pg_attribute "
+                "WHERE attname = 'body' AND attrelid IN ('feed_documents'::regclass, 'pages'::regclass) "
+                "ORDER BY 1"
+            )
+        ).all()
+    assert [tuple(row) for row in methods] == [("feed_documents", "l"), ("pages", "l")]
