@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from services.ingest.service import add_source
 from shared import web
 from shared.auth import AUTH_GENERATION, revoke_tokens
-from shared.db import get_engine, session_scope
+from shared.db import session_scope
 from shared.errors import Forbidden, Unauthorized
 from shared.models import Source
 from shared.redis import get_redis
 from shared.web import resolve_principal
-
-
-@contextmanager
-def statements() -> Iterator[list[str]]:
-    """The SQL this process sends to the readers' engine meanwhile."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    engine = get_engine(read_only=True)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+from tests.helpers.support import statements_sent
 
 
 def test_a_token_is_read_once_until_a_token_or_source_changes(newsroom: dict[str, str]) -> None:
@@ -42,7 +24,7 @@ def test_a_token_is_read_once_until_a_token_or_source_changes(newsroom: dict[str
         source, token = add_source(session, name=f"auth-{secrets.token_hex(3)}")
         name = source.name
     header = f"Bearer {token}"
-    with statements() as first:
+    with statements_sent(read_only=True) as first:
         holder = resolve_principal(header)
     # The token, and its source once: the lookup keeps the copy it read.
     assert [re.search(r"\bFROM (\w+)", s).group(1) for s in first if s.startswith("SELECT")] == [  # type: ignore[union-attr]
@@ -50,7 +32,7 @@ def test_a_token_is_read_once_until_a_token_or_source_changes(newsroom: dict[str
         "sources",
     ]
     assert holder.source is not None and holder.source.name == name
-    with statements() as again:
+    with statements_sent(read_only=True) as again:
         assert resolve_principal(header) == holder
     assert again == []
 
@@ -83,7 +65,7 @@ def test_without_redis_every_lookup_reads_the_database(
 
     monkeypatch.setattr("shared.generations.get_redis", unavailable)
     for _ in range(2):
-        with statements() as seen:
+        with statements_sent(read_only=True) as seen:
             resolve_principal(header)
         assert any(re.search(r"\bFROM tokens\b", statement) for statement in seen)
     assert len(web._held) <= web.HOLDERS_MAX

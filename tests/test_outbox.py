@@ -32,7 +32,7 @@ from shared.tasknames import (
     TaskRef,
 )
 from shared.tasks import _failed, batch_task, newsroom_task
-from tests.helpers.support import newsroom_environment
+from tests.helpers.support import newsroom_environment, statements_sent
 
 
 def test_time_limit_stops_a_task_in_a_single_process_worker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,25 +110,8 @@ def test_a_gathered_event_that_fails_goes_alone_and_the_rest_commit(newsroom: di
         session.execute(update(OutboxEvent).where(OutboxEvent.id == poison.id).values(done_at=utcnow()))
 
 
-@contextmanager
-def _savepoints() -> Iterator[list[str]]:
-    """The SAVEPOINT statements run on the engine meanwhile."""
-    from sqlalchemy import event
-
-    from shared.db import get_engine
-
-    seen: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if statement.lstrip().upper().startswith("SAVEPOINT"):
-            seen.append(statement)
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
+def _savepoints(sent: list[str]) -> list[str]:
+    return [statement for statement in sent if statement.lstrip().upper().startswith("SAVEPOINT")]
 
 
 def test_a_batch_takes_savepoints_only_when_a_step_fails(newsroom: dict[str, str]) -> None:
@@ -142,9 +125,9 @@ def test_a_batch_takes_savepoints_only_when_a_step_fails(newsroom: dict[str, str
         session.add(Source(name=names[kwargs["n"]]))
         session.flush()
 
-    with _savepoints() as seen:
+    with statements_sent() as sent:
         assert run_batch(task, step, limit=50) == 3
-    assert seen == [] and runs == [0, 1, 2]
+    assert _savepoints(sent) == [] and runs == [0, 1, 2]
     # A step that fails: the batch is rolled back and run again, each step in a savepoint,
     # and what the others wrote is there once.
     ids += _gathered(task, 3, 4, 5)
@@ -155,9 +138,9 @@ def test_a_batch_takes_savepoints_only_when_a_step_fails(newsroom: dict[str, str
         if kwargs["n"] == 4:
             raise RuntimeError("this one is poison")
 
-    with _savepoints() as seen:
+    with statements_sent() as sent:
         assert run_batch(task, poisoned, limit=50) == 2
-    assert len(seen) == 3 and runs == [3, 4, 3, 4, 5]
+    assert len(_savepoints(sent)) == 3 and runs == [3, 4, 3, 4, 5]
     with session_scope() as session:
         stored = session.scalars(select(Source.name).where(Source.name.in_(names)).order_by(Source.name))
         assert stored.all() == sorted(names[:4] + names[5:])

@@ -220,6 +220,26 @@ def ninjs_validator() -> Any:
 
 
 @contextmanager
+def statements_sent(*, read_only: bool = False) -> Iterator[list[str]]:
+    """The SQL this process sends meanwhile through the writers' engine (or the readers')."""
+    from sqlalchemy import event
+
+    from shared.db import get_engine
+
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    engine = get_engine(read_only=read_only)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
 def newsroom_environment(env: dict[str, str]) -> Iterator[None]:
     """Run with these NEWSROOM_* variables, dropping cached settings, engines and clients around it.
 
