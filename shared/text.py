@@ -144,9 +144,13 @@ def _html_tree(html_text: str) -> Any:
     return root
 
 
-# nh3 appends to a text node in a way that grows with the square of its length when it is
-# full of character references ('&amp;' over megabytes); text is handed over in pieces.
-_TEXT_PIECE = 16 * 1024
+# nh3 takes time that grows with the square of a text node's or an attribute value's length
+# when it holds certain characters (character references such as '&amp;', and some Latin-1
+# signs: '\xa0', 'º', 'ª', '°'). Text is handed over in pieces of _TEXT_PIECE characters,
+# and longer attribute values than MAX_ATTRIBUTE_CHARS are dropped: no link, image address
+# or title of a story is that long.
+_TEXT_PIECE = 2048
+MAX_ATTRIBUTE_CHARS = 2048
 
 
 def _pieces(text: str) -> list[str]:
@@ -185,8 +189,9 @@ def sanitize_html(html_text: str) -> str:
     for element in list(root.iter()):
         if element.attrib:
             allowed = _ATTRIBUTES.get(element.tag, ())
-            for name in [name for name in element.attrib if name not in allowed]:
-                del element.attrib[name]
+            for name, value in list(element.attrib.items()):
+                if name not in allowed or len(value) > MAX_ATTRIBUTE_CHARS:
+                    del element.attrib[name]
         _segment_text(element)
     well_formed = etree.tostring(root, encoding="unicode", method="html")
     return nh3.clean(

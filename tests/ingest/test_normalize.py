@@ -20,6 +20,7 @@ from services.ingest.normalize import (
     slugify,
     text_to_html,
 )
+from shared.text import MAX_ATTRIBUTE_CHARS
 
 KYIV = ZoneInfo("Europe/Kyiv")
 
@@ -62,6 +63,20 @@ def test_sanitize_keeps_the_safe_subset_and_adds_rel_to_links() -> None:
 
 def test_sanitize_drops_unknown_tags_comments_and_attributes_but_keeps_text() -> None:
     assert sanitize_html('<h1 class="c" style="x">Title</h1><!-- c --><p id="i">B</p>') == ("Title<p>B</p>")
+
+
+def test_sanitize_drops_attribute_values_past_the_limit_and_keeps_the_rest() -> None:
+    at_limit = "https://example.com/" + "a" * (MAX_ATTRIBUTE_CHARS - 20)
+    too_long = at_limit + "a"
+    kept = sanitize_html(f'<img src="{at_limit}" alt="{"º" * MAX_ATTRIBUTE_CHARS}">')
+    assert kept == f'<img src="{at_limit}" alt="{"º" * MAX_ATTRIBUTE_CHARS}">'
+    dropped = sanitize_html(f'<p><a href="{too_long}" title="{"º" * (MAX_ATTRIBUTE_CHARS + 1)}">link</a></p>')
+    assert dropped == '<p><a rel="noopener noreferrer">link</a></p>'
+
+
+def test_sanitize_keeps_long_text_whole_across_the_pieces_it_is_cleaned_in() -> None:
+    text = "".join(f"{n}º&amp; " for n in range(5000))
+    assert sanitize_html(f"<p>{text}</p>") == f"<p>{text}</p>"
 
 
 def test_sanitize_normalises_text_too() -> None:
