@@ -5,12 +5,16 @@ Measures, on this machine, in one run (its own data dir, SQLite, an embedded Red
 - GET of a stored feed through the real app under uvicorn, with 16 concurrent keep-alive
   connections from wrk (or several client processes without it), as 200s and as 304s,
   beside a bare ASGI app serving the same bytes under the same uvicorn in the same run
-  (target: the feed at no less than half the bare rate);
+  (target: the feed at no less than half the bare rate); both with the project's HTTP
+  protocol (shared.httpserver: a response in one write), and the app also under uvicorn's
+  own httptools protocol, alternately, for what that buys (requests/s, p99 and the server's
+  CPU per answer);
 - a burst of 200 publishes (each its own transaction, as fast as they come) through a real
   worker and scheduler: renders per affected feed (target: at most 10) and the time from
   each publish to its story in the stored `all` feed; then the same 200 paced at 50 per second.
 
-`python -m bench feeds`; BENCH_FEEDS_SECONDS (default 4) sets each GET measurement's length.
+`python -m bench feeds`; BENCH_FEEDS_SECONDS (default 4) sets each GET measurement's length,
+BENCH_FEEDS_ROUNDS (default 2) how many times each is taken.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 GET_SECONDS = float(os.environ.get("BENCH_FEEDS_SECONDS", "4"))
 CLIENTS = 16
+# Each serving measurement is taken this many times, the two protocols alternately.
+ROUNDS = int(os.environ.get("BENCH_FEEDS_ROUNDS", "2"))
 BURST = 200
 PACED_RATE = 50.0
 BODY = "".join(
@@ -148,26 +154,25 @@ def load(port: int, path: str, *, headers: dict[str, str] | None = None, seconds
     return measure(base, [path], connections=CLIENTS, seconds=seconds, headers=headers)
 
 
+# Starts an app under uvicorn with the given HTTP protocol (uvicorn's command line takes only
+# its own protocols' names).
+LAUNCH = """
+import sys
+
+import uvicorn
+
+app, port, http = sys.argv[1:]
+uvicorn.run(app, host="127.0.0.1", port=int(port), http=http, log_level="warning", access_log=False,
+            lifespan="off")
+"""
+
+
 @contextmanager
-def uvicorn(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[None]:
-    """An app under uvicorn (one process, its default loop and parser), until the block ends."""
+def uvicorn(app: str, port: int, env: dict[str, str], log: Path, *, http: str) -> Iterator[int]:
+    """An app under uvicorn (one process, its default loop), until the block ends; yields its pid."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--lifespan",
-                "off",
-            ],
+            [sys.executable, "-c", LAUNCH, app, str(port), http],
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -183,28 +188,56 @@ def uvicorn(app: str, port: int, env: dict[str, str], log: Path) -> Iterator[Non
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{app} did not start; see {log}") from None
                 time.sleep(0.05)
-        yield
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=20)
 
 
+def served(pid: int, port: int, path: str, *, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``load``, with the server process's CPU time per answer (the load generator's not counted)."""
+    from bench.cpu import tree_seconds
+
+    before = tree_seconds(pid)
+    result = load(port, path, headers=headers, seconds=GET_SECONDS)
+    spent = tree_seconds(pid) - before
+    # load() warms up for half a second before it measures.
+    answers = (result["requests_per_second"] or 0) * GET_SECONDS
+    result["server_cpu_us_per_answer"] = round(spent * 1e6 / answers, 1) if answers else None
+    return result
+
+
+def _ranges(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("requests_per_second", "p99_ms", "server_cpu_us_per_answer")
+    return {key: [run.get(key) for run in runs] for key in keys}
+
+
 def serving(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Stored feed through the app vs. the same bytes from a bare ASGI app."""
+    """Stored feed through the app vs. the same bytes from a bare ASGI app, both under the
+    project's HTTP protocol (shared.httpserver); and the app under uvicorn's own httptools
+    protocol beside it, alternately, for what one write per response buys."""
     import httpx
 
-    app_port, bare_port = free_port(), free_port()
+    from shared.httpserver import HTTP_PROTOCOL
+
+    app_port, plain_port, bare_port = free_port(), free_port(), free_port()
     results: dict[str, Any] = {"clients": CLIENTS, "seconds": GET_SECONDS}
-    with uvicorn("services.app:app", app_port, env, data_dir / "api.log"):
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with (
+        uvicorn("services.app:app", app_port, env, data_dir / "api.log", http=HTTP_PROTOCOL) as app_pid,
+        uvicorn("services.app:app", plain_port, env, data_dir / "plain.log", http="httptools") as plain_pid,
+    ):
         first = httpx.get(f"http://127.0.0.1:{app_port}/feeds/all.atom")
         assert first.status_code == 200, first.text
         etag = first.headers["etag"]
         (data_dir / "all.atom").write_bytes(first.content)
         results["feed_bytes"] = len(first.content)
-        results["feed_200"] = load(app_port, "/feeds/all.atom", seconds=GET_SECONDS)
-        results["feed_304"] = load(
-            app_port, "/feeds/all.atom", headers={"If-None-Match": etag}, seconds=GET_SECONDS
-        )
+        for round_ in range(ROUNDS):
+            for status, headers in (("200", None), ("304", {"If-None-Match": etag})):
+                servers = [("feed", app_pid, app_port), ("uvicorn_writes", plain_pid, plain_port)]
+                for name, pid, port in servers[:: 1 if round_ % 2 == 0 else -1]:  # each first in turn
+                    run = served(pid, port, "/feeds/all.atom", headers=headers)
+                    runs.setdefault(f"{name}_{status}", []).append(run)
     (data_dir / "bare_app.py").write_text(BARE_APP)
     bare_env = {
         **env,
@@ -212,14 +245,22 @@ def serving(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
         "BENCH_ETAG": etag,
         "PYTHONPATH": str(data_dir),
     }
-    with uvicorn("bare_app:app", bare_port, bare_env, data_dir / "bare.log"):
-        results["bare_200"] = load(bare_port, "/", seconds=GET_SECONDS)
-        results["bare_304"] = load(bare_port, "/", headers={"If-None-Match": etag}, seconds=GET_SECONDS)
-    ratio = results["feed_200"]["requests_per_second"] / results["bare_200"]["requests_per_second"]
+    with uvicorn("bare_app:app", bare_port, bare_env, data_dir / "bare.log", http=HTTP_PROTOCOL) as bare_pid:
+        for _round in range(ROUNDS):
+            runs.setdefault("bare_200", []).append(served(bare_pid, bare_port, "/"))
+            conditional = served(bare_pid, bare_port, "/", headers={"If-None-Match": etag})
+            runs.setdefault("bare_304", []).append(conditional)
+    for name, measured in runs.items():
+        results[name] = _ranges(measured)
+
+    def rate(name: str) -> float:
+        return statistics.median(run["requests_per_second"] or 0 for run in runs[name]) or 1.0
+
+    ratio = rate("feed_200") / rate("bare_200")
     results["feed_to_bare_200"] = round(ratio, 2)
-    results["feed_to_bare_304"] = round(
-        results["feed_304"]["requests_per_second"] / results["bare_304"]["requests_per_second"], 2
-    )
+    results["feed_to_bare_304"] = round(rate("feed_304") / rate("bare_304"), 2)
+    results["one_write_over_uvicorn_writes_200"] = round(rate("feed_200") / rate("uvicorn_writes_200"), 2)
+    results["one_write_over_uvicorn_writes_304"] = round(rate("feed_304") / rate("uvicorn_writes_304"), 2)
     results["target_feed_to_bare"] = 0.5
     # The target is the stored feed itself (200s); a 304 is reported beside it.
     results["meets_target"] = ratio >= 0.5

@@ -40,6 +40,7 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from shared.httpserver import HTTP_PROTOCOL
     from shared.redis import redis_url
 
     redis_url()
@@ -47,6 +48,7 @@ def cmd_api(args: argparse.Namespace) -> None:
         "services.app:app",
         host=args.host,
         port=args.port,
+        http=HTTP_PROTOCOL,
         log_level="info",
         log_config=None,
         proxy_headers=True,
@@ -172,6 +174,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from shared import scheduler
     from shared.config import get_settings, reset_settings
     from shared.egress import redact_url
+    from shared.httpserver import HTTP_PROTOCOL
     from shared.migrate import upgrade
     from shared.redis import redis_url
 
@@ -209,6 +212,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         "services.app:app",
         host=args.host,
         port=args.port,
+        http=HTTP_PROTOCOL,
         log_level="warning",
         log_config=None,
         access_log=False,

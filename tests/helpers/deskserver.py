@@ -27,11 +27,14 @@ class DeskServer:
     def __init__(self) -> None:
         import uvicorn
 
+        from shared.httpserver import HTTP_PROTOCOL
+
         self.port = free_port()
         config = uvicorn.Config(
             "services.app:app",
             host="127.0.0.1",
             port=self.port,
+            http=HTTP_PROTOCOL,  # as `newsroom api` and `newsroom up` serve it
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
