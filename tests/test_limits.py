@@ -510,3 +510,26 @@ def test_requests_that_find_the_batch_spent_together_take_one_new_batch(redis_ur
     counters = redis_lib.Redis.from_url(redis_url)
     [key] = list(counters.scan_iter(f"newsroom:rate*{who}*"))
     assert counters.get(key) == b"1000"  # one batch (a hundredth of the limit), not one per request
+
+
+def test_a_batch_taken_in_the_windows_last_second_ends_with_the_window(redis_url: str) -> None:
+    """Redis's TTL is in whole seconds (0 under half a second): such a window is not over yet."""
+    from limits import parse
+
+    from shared.guards import RateLimits
+
+    who = unique_address()
+    rate = "100000/minute"  # batches of 1000
+    counters = redis_lib.Redis.from_url(redis_url)
+    key = "newsroom:rate:" + parse(rate).key_for("public", who)
+    counters.set(key, 1000, px=400)  # a window in its last half second (TTL 0), one batch used
+    with newsroom_environment({"NEWSROOM_REDIS_URL": redis_url}):
+        limits = RateLimits()
+
+        async def hits() -> list[int | None]:
+            return [await limits.check("public", who, rate) for _ in range(3000)]
+
+        answers = asyncio.run(hits())
+    assert answers == [None] * 3000, f"refused from hit {answers.index(next(a for a in answers if a))}"
+    # Three batches at most in either window, not one per request.
+    assert int(counters.get(key) or 0) <= 4000
