@@ -321,6 +321,15 @@ def _answers(base: str) -> bool:
         return False
 
 
+def _quiet(pid: int, *, window: float = 1.0, share: float = 0.1) -> bool:
+    """Whether a process and its children used under ``share`` of a core over ``window`` seconds."""
+    from bench.cpu import tree_seconds
+
+    before = tree_seconds(pid)
+    time.sleep(window)
+    return tree_seconds(pid) - before < share * window
+
+
 def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -361,6 +370,8 @@ def serving() -> dict[str, Any]:
             timeout=180,
             what=f"the demo; see {data_dir}/up.log",
         )
+        # The demo's last deliveries and renders finish before anything is measured.
+        _wait(lambda: _quiet(process.pid), timeout=60, what="`newsroom up` to go quiet after the demo")
         front = http.get("/")
         stories = re.findall(r'href="(/stories/[^"]+)"', front.text)
         tags = re.findall(r'href="(/tags/[^"]+)"', http.get(stories[0]).text) if stories else []
