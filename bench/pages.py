@@ -22,7 +22,10 @@ API process of their own, as compose.yaml's `site`; shared: from the API process
 posts), BENCH_SPIKE_READER_NICE (19: the readers' load generator at this lower CPU priority, as
 readers elsewhere) and BENCH_SPIKE_SITE_NICE (19: their own API process too, as a site on cores of
 its own; 0 puts it on equal terms with the pipeline). Where the kernel groups processes by
-session (autogroup), the priority is set on the process's group (``lower_priority``).
+session (autogroup), the priority is set on the process's group (``lower_priority``); and
+with BENCH_SPIKE_IDLE (on; "off": the nice alone) what runs at a lower priority also runs
+SCHED_IDLE, on cycles the pipeline leaves: a core running only such threads counts as free
+when a pipeline task wakes, as a core of the site's own would leave the pipeline's alone.
 Each spike phase also reports the API's answer to a post (202) and the story's published_at
 after the post, and how many cores the pipeline and the load generators kept busy.
 """
@@ -30,6 +33,7 @@ after the post, and how many cores the pipeline and the load generators kept bus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import re
@@ -62,13 +66,15 @@ SPIKE_READER_NICE = int(os.environ.get("BENCH_SPIKE_READER_NICE", "19"))
 # With BENCH_SPIKE_SITE=separate, the readers' API process at this lower CPU priority: it
 # stands in for a site on cores of its own (0: on equal terms with the pipeline).
 SPIKE_SITE_NICE = int(os.environ.get("BENCH_SPIKE_SITE_NICE", "19"))
+# What is run at a lower priority above also runs SCHED_IDLE ("off": the nice alone).
+SPIKE_IDLE = os.environ.get("BENCH_SPIKE_IDLE", "on") != "off"
 # Each reader's pause between two pages, in milliseconds (0: as fast as the server answers).
 SPIKE_READER_PAUSE_MS = [int(ms) for ms in os.environ.get("BENCH_SPIKE_READER_PAUSE_MS", "100,0").split(",")]
 WRK = shutil.which("wrk")
 
 
 def lower_priority(pid: int, nice: int) -> None:
-    """Run ``pid`` at this lower CPU priority.
+    """Run ``pid`` at this lower CPU priority (and, with BENCH_SPIKE_IDLE, on spare cycles only).
 
     Where the kernel groups processes by session (autogroup, on by default on desktops and
     many servers), the scheduler first shares the cores among the sessions' groups and a
@@ -80,6 +86,16 @@ def lower_priority(pid: int, nice: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text(str(nice))
     except OSError:  # no autogroups here: the process's nice is what counts
         pass
+    if SPIKE_IDLE:
+        for task in Path(f"/proc/{pid}/task").iterdir():  # every thread; later ones inherit it
+            run_when_idle(int(task.name))
+
+
+def run_when_idle(pid: int = 0) -> None:
+    """Linux's SCHED_IDLE for a thread (0: the caller): it runs only on cycles nothing else wants,
+    and a core running only such threads counts as free when the pipeline's tasks wake."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
 
 # wrk picks each request's path from this list in turn.
@@ -139,6 +155,8 @@ def wrk(
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # wrk's threads start at once: they take SCHED_IDLE from the process, set before exec.
+            preexec_fn=run_when_idle if nice and SPIKE_IDLE else None,
         ) as process:
             if nice:
                 lower_priority(process.pid, nice)
@@ -526,6 +544,7 @@ def spike() -> dict[str, Any]:
             results["readers_api"] = SPIKE_SITE
             results["readers_nice"] = SPIKE_READER_NICE
             results["site_nice"] = SPIKE_SITE_NICE if SPIKE_SITE == "separate" else None
+            results["sched_idle"] = SPIKE_IDLE
             for pause_ms in SPIKE_READER_PAUSE_MS:
                 readers = Readers(base, paths, seconds=SPIKE_SECONDS + 10, pause_ms=pause_ms)
                 time.sleep(2)  # the readers are at full speed before the posts begin
